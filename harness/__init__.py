@@ -1,0 +1,1 @@
+"""lvsconf harness: topology, implementations under test, traffic, kernel lanes, reports, plugin."""

@@ -1,0 +1,48 @@
+"""The lvsconf pytest plugin (registered through the ``pytest11`` entry point).
+
+Options map onto one frozen config object (:mod:`harness.config`). Fixtures and hooks live in
+small modules, each registered here, so every part of the harness owns its own file:
+
+- :mod:`harness.fixtures` — run prefix, sweep at session start, ``topology``/``net`` fixtures;
+- :mod:`harness.lanes.pytest_lane` — kernel lanes (``--kernel``), VM runs, guest results;
+- :mod:`harness.conformance_plugin` — implementations (``--impl``), cases, verdicts, reports.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+_PARTS = ("harness.fixtures", "harness.lanes.pytest_lane", "harness.conformance_plugin")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lvsconf", "lvsconf: IPVS persistence conformance")
+    group.addoption(
+        "--impl", action="store", default=None, metavar="NAMES",
+        help="implementations under test, comma separated: kernel, reference, or module:attr "
+        "(default: every implementation available here)",
+    )
+    group.addoption(
+        "--kernel", action="store", default=None, metavar="LANE",
+        help="kernel lane for kernel-IPVS tests: 'host' (the running kernel), 'auto' (the "
+        "distribution's current linux-image-amd64 in a VM), a Debian kernel version such as "
+        "6.1.0-56-amd64, or a path to a kernel image (default: host if it has IPVS, else auto)",
+    )
+    group.addoption(
+        "--lvs-report", action="store", default=None, metavar="DIR",
+        help="write results.json, index.html and summary.md into DIR",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name in _PARTS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # part not built yet
+        if not config.pluginmanager.is_registered(module):
+            config.pluginmanager.register(module, f"lvsconf-{name}")
