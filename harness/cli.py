@@ -1,13 +1,44 @@
-"""The ``lvsconf`` command line (subcommands are added by the parts that own them)."""
+"""The ``lvsconf`` command line.
+
+Each subcommand lives in its own module under :mod:`harness.commands` exposing
+``register(subparsers)`` (adds its parser and sets ``func``); ``func(args) -> int``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import pkgutil
 import sys
+
+import harness.commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lvsconf", description="IPVS persistence conformance: harness, model and suite"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(harness.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"harness.commands.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(sub)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("lvsconf: no subcommands yet", file=sys.stderr)
-    return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args))
+    except KeyboardInterrupt:
+        print("lvsconf: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""IPVS schedulers as the kernel implements them (ipvs-semantics §4)."""
