@@ -1,0 +1,1 @@
+"""Benchmarks behind ``lvsconf bench`` (one module per target)."""
