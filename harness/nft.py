@@ -5,21 +5,14 @@ The child process enters the namespace before exec, so rules never land in the h
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
+
+from harness.runs import netns_preexec
 
 
 class NftError(RuntimeError):
     """nft is missing or rejected a ruleset; the message says which and how to fix it."""
-
-
-def _enter(netns: str) -> None:
-    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-    try:
-        os.setns(fd, os.CLONE_NEWNET)
-    finally:
-        os.close(fd)
 
 
 def nft(netns: str, script: str, timeout: float = 30.0) -> str:
@@ -29,7 +22,7 @@ def nft(netns: str, script: str, timeout: float = 30.0) -> str:
         raise NftError("nft not found: apt-get install nftables")
     proc = subprocess.run(
         [exe, "-f", "-"], input=script, text=True, capture_output=True, timeout=timeout,
-        preexec_fn=lambda: _enter(netns), check=False,
+        preexec_fn=netns_preexec(netns), check=False,
     )
     if proc.returncode != 0:
         first = (proc.stderr.strip().splitlines() or ["(no message)"])[0]
@@ -44,7 +37,7 @@ def nft_list(netns: str, timeout: float = 30.0) -> str:
         raise NftError("nft not found: apt-get install nftables")
     proc = subprocess.run(
         [exe, "list", "ruleset"], text=True, capture_output=True, timeout=timeout,
-        preexec_fn=lambda: _enter(netns), check=False,
+        preexec_fn=netns_preexec(netns), check=False,
     )
     if proc.returncode != 0:
         raise NftError(f"nft list ruleset failed in namespace {netns}: {proc.stderr.strip()}")

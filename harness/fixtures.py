@@ -1,0 +1,178 @@
+"""pytest fixtures and hooks for namespaces: the run, the kernel features, topologies.
+
+Layered like pyroute2's fixtures; each docstring states name, scope and dependencies::
+
+    lvs_run (session) ── kernel_features (session)
+        │
+        ├── lvs_topology (session: one default Topology per xdist worker)
+        │       └── fresh_net (function: lvs_topology with a renewed director)
+        └── topology_spec (function) ── net (function: built, torn down after the test)
+                                     └── make_net (function: factory, one Fwd per real server)
+
+At session start, stale runs (owner process gone) are swept, with one line if anything went.
+SIGTERM becomes KeyboardInterrupt in the main thread, so pytest still tears fixtures down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from harness import runs
+from harness.features import KernelFeatures, probe
+from harness.topology import Net, Topology, build
+from impl.types import IPV4, IPV6, Family, Fwd
+
+NEEDS_ROOT = "needs root (network namespaces)"
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _require_root() -> None:
+    if not _is_root():
+        pytest.skip(NEEDS_ROOT)
+
+
+def _sigterm_to_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "topology(**kwargs): Topology keyword arguments for the topology_spec fixture"
+    )
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+    ):
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not _is_root():
+        return
+    report = runs.sweep()
+    if report.removed_anything:
+        print(
+            f"lvsconf: swept stale runs {', '.join(report.removed_records)}: "
+            f"{len(report.removed_namespaces)} namespaces, {len(report.killed)} processes",
+            file=sys.stderr,
+        )
+
+
+@pytest.fixture(scope="session")
+def lvs_run() -> Iterator[runs.Run]:
+    """Name: lvs_run. Scope: session (one per xdist worker). Depends on: nothing.
+
+    The run: a unique name prefix and an owner record; closing it removes what is left."""
+    _require_root()
+    run = runs.Run()
+    try:
+        yield run
+    finally:
+        run.close()
+
+
+@pytest.fixture(scope="session")
+def kernel_features(lvs_run: runs.Run) -> KernelFeatures:
+    """Name: kernel_features. Scope: session. Depends on: lvs_run.
+
+    What the kernel offers (ip_vs, ipip, ip6tnl, sctp, veth, bridge, nftables, tun)."""
+    return probe(lvs_run)
+
+
+@pytest.fixture
+def topology_spec(request: pytest.FixtureRequest) -> Topology:
+    """Name: topology_spec. Scope: function. Depends on: nothing.
+
+    The Topology to build: ``request.param`` under indirect parametrisation (a Topology or
+    a dict of Topology kwargs), else ``@pytest.mark.topology(**kwargs)``, else Topology()."""
+    param = getattr(request, "param", None)
+    if isinstance(param, Topology):
+        return param
+    if isinstance(param, dict):
+        return Topology(**param)
+    marker = request.node.get_closest_marker("topology")
+    if marker is not None:
+        return Topology(*marker.args, **marker.kwargs)
+    return Topology()
+
+
+@pytest.fixture
+def net(lvs_run: runs.Run, topology_spec: Topology) -> Iterator[Net]:
+    """Name: net. Scope: function. Depends on: lvs_run, topology_spec.
+
+    The topology built in fresh namespaces; torn down (LIFO) after the test."""
+    with build(topology_spec, lvs_run) as built:
+        yield built
+
+
+@pytest.fixture
+def make_net(lvs_run: runs.Run) -> Iterator[Callable[..., Net]]:
+    """Name: make_net. Scope: function. Depends on: lvs_run.
+
+    Factory: ``make_net(Fwd.DR, Fwd.NAT, Fwd.TUN, families=(IPV4,))`` builds a topology with
+    one real server per given method; all are torn down after the test."""
+    with contextlib.ExitStack() as stack:
+
+        def _make(*methods: Fwd, families: tuple[Family, ...] = (IPV4, IPV6)) -> Net:
+            return stack.enter_context(build(Topology.per_rs(*methods, families=families), lvs_run))
+
+        yield _make
+
+
+class _SessionTopology:
+    def __init__(self, net: Net) -> None:
+        self.net = net
+        self.used = False
+
+
+@pytest.fixture(scope="session")
+def _lvs_session_topology(lvs_run: runs.Run) -> Iterator[_SessionTopology]:
+    with build(Topology(), lvs_run) as built:
+        yield _SessionTopology(built)
+
+
+@pytest.fixture(scope="session")
+def lvs_topology(_lvs_session_topology: _SessionTopology) -> Net:
+    """Name: lvs_topology. Scope: session (one per xdist worker). Depends on: lvs_run.
+
+    The default Topology (3 real servers, IPv4+IPv6), built once; shared, so tests that
+    change the director should use fresh_net instead."""
+    _lvs_session_topology.used = True
+    return _lvs_session_topology.net
+
+
+@pytest.fixture
+def fresh_net(_lvs_session_topology: _SessionTopology) -> Net:
+    """Name: fresh_net. Scope: function. Depends on: lvs_topology.
+
+    The session topology with a renewed (empty) director namespace: fresh IPVS state at
+    the cost of one namespace instead of a whole topology."""
+    session = _lvs_session_topology
+    if session.used:
+        session.net.renew_director()
+    session.used = True
+    return session.net
+
+
+def skip_unless(features: KernelFeatures, *names: str) -> None:
+    """Skip the calling test with the reason of the first missing feature in ``names``."""
+    for name in names:
+        reason = features.missing(name)
+        if reason:
+            pytest.skip(reason)
+
+
+__all__: list[Any] = [
+    "NEEDS_ROOT", "fresh_net", "kernel_features", "lvs_run", "lvs_topology", "make_net",
+    "net", "skip_unless", "topology_spec",
+]

@@ -1,0 +1,452 @@
+"""The namespace topology: a frozen description (:class:`Topology`) and its builder (:func:`build`).
+
+::
+
+   client ns                 director ns                                  rsN ns
+   +--------------+  veth    +------------------------------+  veth      +------------------+
+   | lo: CIP pool |==========| <p>d  CDIP      <p>br  DIP   |==========| <p>rN  RIP        |
+   |   (AnyIP)    | <p>c     |   (ip_forward)    bridge     | <p>pN     | lo: VIPs (DR)     |
+   | default->CDIP|          | lo: VIP 0..7                 |  ...      | tunl0/ip6tnl0     |
+   +--------------+          +------------------------------+           | default -> DIP    |
+                                                                         +------------------+
+
+Addresses (see :mod:`harness.addresses`): client link 198.18.0.2/24, 2001:db8::2/64; CDIP
+198.18.0.1, 2001:db8::1; CIP pool 198.18.16.0/20, 2001:db8:c0::/48 as a ``local`` route on the
+client's lo (any pool source can be sent and bound), routed to the client by the director;
+DIP 198.18.10.1/24, 2001:db8:a::1/64 on the director's bridge; RIPs 198.18.10.11..,
+2001:db8:a::11..;
+VIPs 198.19.0.1..8, 2001:db8:f::1..8 on the director's lo (IPVS needs them local).
+
+Every real server is universal (IPVS sets the forwarding method per dest, a scenario may mix
+them): VIPs on lo with arp_ignore=1/arp_announce=2 (DR), default route via DIP (NAT return path;
+DR/TUN replies with source VIP also go through the director, which accepts its own VIP as a
+source with accept_local=1), rp_filter=0, and tunl0/ip6tnl0 up where the kernel has them (TUN).
+``Net.decap[i]`` says whether rs i can decapsulate; without ipip it is capture-only.
+
+Names: namespaces ``<run prefix><id>-cli|-dir|-rsN``, links ``<run prefix><id><role>``,
+all <= 15 characters. MACs are fixed per role, so neighbour caches of the client and real
+servers stay valid when the director is renewed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from harness import addresses, runs
+from harness.features import KernelFeatures, probe
+from impl.types import IPV4, IPV6, Family, Fwd, IPAddress
+
+IFA_F_NODAD = 0x02
+IFA_F_TENTATIVE = 0x40
+RT_TABLE_LOCAL = 255
+MAX_REAL_SERVERS = 99
+READY_TIMEOUT = 10.0
+RENEW_GRACE = 3.0  # seconds for the kernel to destroy an old director namespace
+
+
+class TopologyError(RuntimeError):
+    """A topology cannot be described or built; the message names the problem and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """client == director == bridge == rs1..rsN (see the module docstring for the picture).
+
+    ``fwd`` is one forwarding method for all real servers or one per real server. The build
+    is the same for every method (real servers are universal); ``fwd`` says which method a
+    test exercises on which real server.
+    """
+
+    real_servers: int = 3
+    families: tuple[Family, ...] = (IPV4, IPV6)
+    fwd: tuple[Fwd, ...] | Fwd = Fwd.DR
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.real_servers <= MAX_REAL_SERVERS:
+            raise TopologyError(
+                f"real_servers={self.real_servers} out of range; use 1..{MAX_REAL_SERVERS}"
+            )
+        if not self.families or any(not isinstance(f, Family) for f in self.families):
+            raise TopologyError(f"families={self.families!r}: give a tuple of Family (IPV4, IPV6)")
+        if isinstance(self.fwd, tuple):
+            if len(self.fwd) != self.real_servers:
+                raise TopologyError(
+                    f"fwd has {len(self.fwd)} methods for {self.real_servers} real servers; "
+                    "give one Fwd or exactly one per real server"
+                )
+            if any(not isinstance(m, Fwd) for m in self.fwd):
+                raise TopologyError(f"fwd={self.fwd!r}: every entry must be a Fwd")
+        elif not isinstance(self.fwd, Fwd):
+            raise TopologyError(f"fwd={self.fwd!r}: give a Fwd or a tuple of Fwd")
+
+    def method(self, index: int) -> Fwd:
+        """Forwarding method of real server ``index`` (0-based)."""
+        if not 0 <= index < self.real_servers:
+            raise IndexError(f"real server index {index} out of 0..{self.real_servers - 1}")
+        return self.fwd[index] if isinstance(self.fwd, tuple) else self.fwd
+
+    @classmethod
+    def per_rs(cls, *methods: Fwd, families: tuple[Family, ...] = (IPV4, IPV6)) -> Topology:
+        """One real server per given method, e.g. ``Topology.per_rs(Fwd.DR, Fwd.NAT)``."""
+        return cls(real_servers=len(methods), families=families, fwd=tuple(methods))
+
+
+@dataclass(eq=False)
+class Node:
+    """One network namespace."""
+
+    role: str
+    netns: str
+
+    def enter(self) -> contextlib.AbstractContextManager[None]:
+        """setns() the calling thread into this namespace; restored on exit."""
+        return runs.enter_netns(self.netns)
+
+    def ipr(self) -> IPRoute:
+        """An IPRoute bound to this namespace (the caller closes it). No fork: the netlink
+        socket is opened by this thread while it is inside the namespace."""
+        with self.enter():
+            return IPRoute()
+
+    def socket(self, family: int, type: int, proto: int = 0) -> socket.socket:
+        """A socket created inside this namespace (it stays bound to it)."""
+        with self.enter():
+            return socket.socket(family, type, proto)
+
+    def _sysctl_path(self, path: str) -> str:
+        clean = path.replace(".", "/") if "/" not in path else path
+        if clean.startswith("/") or ".." in clean.split("/"):
+            raise TopologyError(f"sysctl path {path!r}: give it relative, e.g. net/ipv4/ip_forward")
+        return f"/proc/sys/{clean}"
+
+    def sysctl(self, path: str, value: str | int) -> None:
+        """Write sysctl ``path`` (``net/ipv4/ip_forward`` or dotted) inside this namespace."""
+        full = self._sysctl_path(path)
+        with self.enter():
+            try:
+                with open(full, "w") as f:
+                    f.write(f"{value}\n")
+            except OSError as exc:
+                raise TopologyError(
+                    f"sysctl {path}={value} in {self.netns}: {exc.strerror}"
+                ) from exc
+
+    def read_sysctl(self, path: str) -> str:
+        full = self._sysctl_path(path)
+        with self.enter():
+            try:
+                with open(full) as f:
+                    return f.read().strip()
+            except OSError as exc:
+                raise TopologyError(f"sysctl {path} in {self.netns}: {exc.strerror}") from exc
+
+    def ifindex(self, ifname: str) -> int:
+        with self.ipr() as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise TopologyError(f"no interface {ifname} in namespace {self.netns}")
+        return int(found[0])
+
+
+def _mac(role: int, index: int, side: int) -> str:
+    # locally administered, fixed per role: survives renew_director()
+    return f"02:1c:00:{role:02x}:{index:02x}:{side:02x}"
+
+
+@dataclass(eq=False)
+class Net:
+    """A built topology. Attributes name the namespaces and links; see the module docstring."""
+
+    topology: Topology
+    run: runs.Run
+    id: str
+    client: Node
+    director: Node
+    rs: list[Node]
+    client_if: str
+    director_client_if: str
+    director_bridge: str
+    director_ports: list[str]
+    rs_if: list[str]
+    decap: list[bool]
+    features: KernelFeatures
+    renewals: int = 0
+
+    def rs_mac(self, index: int) -> str:
+        """MAC of rs[index]'s segment interface."""
+        return _mac(3, index + 1, 1)
+
+    def director_mac(self) -> str:
+        """MAC of the director's bridge (the DIP's link address)."""
+        return _mac(2, 0, 0)
+
+    def director_client_mac(self) -> str:
+        return _mac(2, 0, 1)
+
+    def client_mac(self) -> str:
+        return _mac(1, 0, 1)
+
+    def vips(self, family: Family) -> list[IPAddress]:
+        """The VIPs configured on the director's lo (addresses.vip(family, 0..7))."""
+        if family not in self.topology.families:
+            return []
+        return [addresses.vip(family, i) for i in range(addresses.VIPS)]
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.client, self.director, *self.rs]
+
+    def renew_director(self) -> None:
+        """Delete the director namespace and rebuild it with its links and configuration.
+
+        Client and real-server namespaces are kept; their link ends (veth peers) vanish with
+        the director and are recreated with the same names, MACs and addresses. IPVS state
+        lives in the director namespace, so this gives a fresh director cheaply.
+        """
+        # Removing the namespace is cheap, but the kernel destroys it (and with it the veth
+        # peers in the client and real servers) later in a worker; wait for the peers to go.
+        # Deleting veths explicitly is synchronous but ~2.5x slower (RCU grace periods), so it
+        # is only the fallback, for when something (a leaked socket, a helper process) still
+        # holds the old namespace: then the peers are deleted from the client/RS side.
+        runs.remove_netns(self.director.netns)
+        try:
+            wait_until(self._peers_gone, RENEW_GRACE, "the old director's links to go")
+        except TopologyError:
+            ends = [(self.client, self.client_if), *zip(self.rs, self.rs_if, strict=True)]
+            for node, ifname in ends:
+                with node.ipr() as ipr:
+                    try:
+                        ipr.link("del", ifname=ifname)
+                    except NetlinkError as exc:
+                        if not runs.gone(exc):
+                            raise
+        runs.create_netns(self.director.netns)
+        _build_director(self)
+        _wait_ready(self)
+        self.renewals += 1
+
+    def _peers_gone(self) -> bool:
+        with self.client.ipr() as ipr:
+            if ipr.link_lookup(ifname=self.client_if):
+                return False
+        for i, node in enumerate(self.rs):
+            with node.ipr() as ipr:
+                if ipr.link_lookup(ifname=self.rs_if[i]):
+                    return False
+        return True
+
+
+# --- building ---------------------------------------------------------------------------------
+
+
+def _prefixed(ifaddr: IPAddress) -> int:
+    return 32 if ifaddr.version == 4 else 128
+
+
+def _addr(ipr: IPRoute, index: int, address: IPAddress, prefixlen: int) -> None:
+    kwargs: dict[str, Any] = {"index": index, "address": str(address), "prefixlen": prefixlen}
+    if address.version == 6:
+        kwargs["flags"] = IFA_F_NODAD  # usable at once; DAD would also fail for the VIPs on lo
+    ipr.addr("add", **kwargs)
+
+
+def _base_sysctls(node: Node) -> None:
+    # before any link exists, so every link created later inherits "default"
+    for conf in ("all", "default"):
+        node.sysctl(f"net/ipv6/conf/{conf}/accept_dad", 0)
+        node.sysctl(f"net/ipv6/conf/{conf}/dad_transmits", 0)
+        node.sysctl(f"net/ipv4/conf/{conf}/rp_filter", 0)
+        node.sysctl(f"net/ipv6/conf/{conf}/accept_ra", 0)
+    with node.ipr() as ipr:
+        ipr.link("set", index=1, state="up")  # lo
+
+
+def _configure_client(net: Net) -> None:
+    node = net.client
+    # AnyIP on v6 needs non-local bind (bind() checks configured addresses, not routes)
+    node.sysctl("net/ipv6/ip_nonlocal_bind", 1)
+    node.sysctl("net/ipv4/ip_nonlocal_bind", 1)
+    with node.ipr() as ipr:
+        for fam in net.topology.families:
+            # scope host, as `ip route add local ...` sets it (the kernel rejects universe)
+            ipr.route("add", dst=str(addresses.CLIENT_POOL[fam]), type="local", oif=1,
+                      table=RT_TABLE_LOCAL, family=int(fam), scope=254 if fam is IPV4 else 0)
+
+
+def _configure_rs(net: Net, i: int) -> None:
+    node = net.rs[i]
+    for conf in ("all", "default", "lo"):
+        node.sysctl(f"net/ipv4/conf/{conf}/arp_ignore", 1)
+        node.sysctl(f"net/ipv4/conf/{conf}/arp_announce", 2)
+    with node.ipr() as ipr:
+        for fam in net.topology.families:
+            for vip in net.vips(fam):
+                _addr(ipr, 1, vip, _prefixed(vip))
+        # TUN: the fallback devices receive IPIP / IPv6-in-IPv6 to the RIP; the inner
+        # packet's destination (a VIP on lo) is local, which is all decapsulation needs
+        up: set[Family] = set()
+        for fam, fallback, kind, feature in ((IPV4, "tunl0", "ipip", net.features.ipip),
+                                             (IPV6, "ip6tnl0", "ip6tnl", net.features.ip6tnl)):
+            if not feature or fam not in net.topology.families:
+                continue
+            ifname = fallback
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                # no per-namespace fallback device (net.core.fb_tunnels_only_for_init_net):
+                # a tunnel without endpoints catches the same packets
+                ifname = f"{net.rs_if[i]}{'t' if fam is IPV4 else 's'}"
+                ipr.link("add", ifname=ifname, kind=kind)
+                found = ipr.link_lookup(ifname=ifname)
+            ipr.link("set", index=found[0], state="up")
+            if fam is IPV4:
+                node.sysctl(f"net/ipv4/conf/{ifname}/rp_filter", 0)
+            up.add(fam)
+    # capture-only unless every family of the topology has its decapsulation device up
+    net.decap[i] = up == set(net.topology.families)
+
+def _build_director(net: Net) -> None:
+    """Configure the (new, empty) director namespace and all links; used by build and renew."""
+    d = net.director
+    _base_sysctls(d)
+    d.sysctl("net/ipv4/ip_forward", 1)
+    d.sysctl("net/ipv6/conf/all/forwarding", 1)
+    for conf in ("all", "default"):
+        # replies of DR/TUN real servers carry a VIP as source, and the VIP is local here
+        d.sysctl(f"net/ipv4/conf/{conf}/accept_local", 1)
+    fams = net.topology.families
+    with d.ipr() as dip:
+        for fam in fams:
+            for vip in net.vips(fam):
+                _addr(dip, 1, vip, _prefixed(vip))
+        # client link: created here, the peer directly in the client namespace
+        dip.link("add", ifname=net.director_client_if, kind="veth",
+                 address=net.director_client_mac(),
+                 peer={"ifname": net.client_if, "net_ns_fd": net.client.netns,
+                       "address": net.client_mac()})
+        dci = dip.link_lookup(ifname=net.director_client_if)[0]
+        for fam in fams:
+            _addr(dip, dci, addresses.CDIP[fam], addresses.CLIENT_LINK_PREFIX[fam])
+        dip.link("set", index=dci, state="up")
+        dip.link("add", ifname=net.director_bridge, kind="bridge", address=net.director_mac(),
+                 br_stp_state=0, br_forward_delay=0)
+        br = dip.link_lookup(ifname=net.director_bridge)[0]
+        for fam in fams:
+            _addr(dip, br, addresses.DIP[fam], addresses.RS_PREFIX[fam])
+        dip.link("set", index=br, state="up")
+        for i, node in enumerate(net.rs):
+            dip.link("add", ifname=net.director_ports[i], kind="veth", address=_mac(2, i + 1, 2),
+                     peer={"ifname": net.rs_if[i], "net_ns_fd": node.netns,
+                           "address": net.rs_mac(i)})
+            port = dip.link_lookup(ifname=net.director_ports[i])[0]
+            dip.link("set", index=port, master=br, state="up")
+        for fam in fams:
+            dip.route("add", dst=str(addresses.CLIENT_POOL[fam]),
+                      gateway=str(addresses.CLIENT_LINK_ADDR[fam]), oif=dci, family=int(fam))
+    for ifname in (net.director_client_if, net.director_bridge):
+        d.sysctl(f"net/ipv4/conf/{ifname}/accept_local", 1)
+        d.sysctl(f"net/ipv4/conf/{ifname}/rp_filter", 0)
+    # the far ends (new links) in the client and real servers
+    with net.client.ipr() as ipr:
+        ci = ipr.link_lookup(ifname=net.client_if)[0]
+        for fam in fams:
+            _addr(ipr, ci, addresses.CLIENT_LINK_ADDR[fam], addresses.CLIENT_LINK_PREFIX[fam])
+        ipr.link("set", index=ci, state="up")
+        for fam in fams:
+            ipr.route("add", dst="default" if fam is IPV4 else "::/0",
+                      gateway=str(addresses.CDIP[fam]), oif=ci, family=int(fam))
+    for i, node in enumerate(net.rs):
+        with node.ipr() as ipr:
+            ri = ipr.link_lookup(ifname=net.rs_if[i])[0]
+            for fam in fams:
+                _addr(ipr, ri, addresses.rip(fam, i), addresses.RS_PREFIX[fam])
+            ipr.link("set", index=ri, state="up")
+            for fam in fams:
+                ipr.route("add", dst="default" if fam is IPV4 else "::/0",
+                          gateway=str(addresses.DIP[fam]), oif=ri, family=int(fam))
+        node.sysctl(f"net/ipv4/conf/{net.rs_if[i]}/arp_ignore", 1)
+        node.sysctl(f"net/ipv4/conf/{net.rs_if[i]}/arp_announce", 2)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``pred`` until true; TopologyError naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not pred():
+        if time.monotonic() > deadline:
+            raise TopologyError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(delay)  # polling interval of a bounded wait, not a fixed sleep
+        delay = min(delay * 2, 0.05)
+
+
+def _links_up(node: Node, ifnames: list[str]) -> Callable[[], bool]:
+    def pred() -> bool:
+        with node.ipr() as ipr:
+            for name in ifnames:
+                links = ipr.link("get", ifname=name)
+                if not links or links[0].get("IFLA_OPERSTATE") != "UP":
+                    return False
+            for a in ipr.addr("dump", family=socket.AF_INET6):
+                if a.get("IFA_FLAGS", a["flags"]) & IFA_F_TENTATIVE:
+                    return False
+        return True
+
+    return pred
+
+
+def _wait_ready(net: Net) -> None:
+    checks = [
+        (net.director, [net.director_client_if, net.director_bridge, *net.director_ports]),
+        (net.client, [net.client_if]),
+        *[(node, [net.rs_if[i]]) for i, node in enumerate(net.rs)],
+    ]
+    for node, ifnames in checks:
+        wait_until(_links_up(node, ifnames), READY_TIMEOUT,
+                   f"links {', '.join(ifnames)} up and addresses usable in {node.netns}")
+
+
+@contextlib.contextmanager
+def build(topology: Topology, run: runs.Run | None = None) -> Iterator[Net]:
+    """Build ``topology`` in fresh namespaces of ``run``; tear everything down on exit (LIFO),
+    on failure, Ctrl-C and SIGTERM (turned into KeyboardInterrupt in the main thread)."""
+    run = run or runs.default_run()
+    features = probe(run)
+    for kind in ("veth", "bridge"):
+        if not getattr(features, kind):
+            raise TopologyError(features.missing(kind))
+    tid = run.next_id()
+    p = run.name(tid)  # e.g. lc3f9a101
+    n = topology.real_servers
+    net = Net(
+        topology=topology, run=run, id=tid,
+        client=Node("client", run.name(f"{tid}-cli")),
+        director=Node("director", run.name(f"{tid}-dir")),
+        rs=[Node(f"rs{i + 1}", run.name(f"{tid}-rs{i + 1}")) for i in range(n)],
+        client_if=f"{p}c", director_client_if=f"{p}d", director_bridge=f"{p}br",
+        director_ports=[f"{p}p{i + 1}" for i in range(n)],
+        rs_if=[f"{p}r{i + 1}" for i in range(n)],
+        decap=[False] * n,  # set per real server once its tunnel devices are up
+        features=features,
+    )
+    with runs.sigterm_as_interrupt(), contextlib.ExitStack() as stack:
+        for node in net.nodes:
+            # undo registered just *before* creating: a signal between the two lines must not
+            # leak the namespace (removal forgives a namespace that was never made)
+            stack.callback(runs.remove_netns, node.netns)
+            runs.create_netns(node.netns)
+        for node in (net.client, *net.rs):
+            _base_sysctls(node)
+        _configure_client(net)
+        for i in range(n):
+            _configure_rs(net, i)
+        _build_director(net)
+        _wait_ready(net)
+        yield net
+
