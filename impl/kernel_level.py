@@ -38,6 +38,20 @@ class KernelLevel:
         return self._since(_TOTALCONNS)
 
     @property
+    def overload_rework(self) -> bool:
+        """OVERLOAD set when totalconns reaches u, cleared below l (same patch set as totalconns).
+
+        Older: set at every bind while total >= u; cleared at unbind below l (or 4*total < 3*u);
+        an edit that removes or raises u clears it.
+        """
+        return self._since(_TOTALCONNS)
+
+    @property
+    def no_invisible_templates(self) -> bool:
+        """Templates never take ONE_PACKET from dest conn_flags (6.1.191 / 6.12.113)."""
+        return self._since(_NO_INVISIBLE_TEMPLATES)
+
+    @property
     def has_twos(self) -> bool:
         return (self.major, self.minor) >= (6, 2)
 

@@ -50,10 +50,16 @@ class Scheduler(abc.ABC):
     """One scheduler instance per service (the kernel's ``svc->sched_data``)."""
 
     name: str = ""
+    #: False for schedulers whose choice the kernel randomises (twos): the model picks *some*
+    #: eligible dest deterministically, and the conformance suite grades by equivalence.
+    exact: bool = True
 
     def __init__(self, service: Service, level: KernelLevel) -> None:
         self.service = service
         self.level = level
+        #: The model clock (seconds). Schedulers with time-based state (lblc/lblcr cache
+        #: expiry) read it; the core sets it before every ``schedule()`` call.
+        self.now: float = 0.0
 
     @property
     def flags(self) -> SvcFlag:

@@ -1,0 +1,664 @@
+"""The Director: a pure model of one network namespace's IPVS state (ipvs-semantics §1-§3).
+
+It holds services with their dests (kernel list order, newest first), the connection table,
+the template table and the dest trash, and answers, packet by packet, what kernel IPVS 6.1.192
+(or the stable level given by :class:`KernelLevel`) does with it. The clock is injected: every
+call takes ``now`` (float seconds) and first runs the timers up to ``now``.
+
+Out of scope, by design: ICMP (echo is answered by the director and never scheduled; related
+ICMP errors with ``schedule_icmp`` are not modelled, a Flow is always TCP/UDP/SCTP), AH/ESP,
+fragments (a datagram is one packet), the FTP helper's NO_CPORT connections, sync daemons and
+the memory-pressure defences (drop_entry, drop_packet, secure_tcp).
+
+Approximations (kernel timing the model cannot see): the expire_nodest_conn flush, queued one
+jiffy after a dest delete, runs at once; a trashed dest is freed 120 s after it became
+unreferenced (the kernel's 60 s scan frees it between 120 and ~180 s); with ``conntrack=1`` a
+rescheduled SYN is assumed to carry the old confirmed conntrack entry and is dropped.
+``reply`` matches like ip_vs_conn_out_get: NAT connections by real-server addr:port as the
+source, other methods by vaddr:vport.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+from impl import conn as C
+from impl import sip
+from impl.conn import Entry
+from impl.errors import (
+    DestExists,
+    InvalidConfig,
+    NoSuchDest,
+    NoSuchService,
+    SchedulerRejected,
+    ServiceExists,
+    UnknownSysctl,
+)
+from impl.kernel_level import DEFAULT, KernelLevel
+from impl.lookup import FTPDATA, FTPPORT, find_service, table_key
+from impl.scenario import Scenario
+from impl.schedulers.base import DestState, Scheduler, UnknownScheduler
+from impl.types import (
+    Connection,
+    Dest,
+    Family,
+    Flow,
+    Fwd,
+    IPAddress,
+    Proto,
+    ProtoTimeouts,
+    Service,
+    ServiceKey,
+    Sysctls,
+    Template,
+    Verdict,
+)
+
+SchedulerFactory = Callable[[Service, KernelLevel], Scheduler]
+ConnKey = tuple[Family, Proto, IPAddress, int, IPAddress, int]
+
+TRASH_IDLE = 120.0  # IP_VS_DEST_TRASH_PERIOD: an unreferenced trashed dest is freed after this
+INVALID_PORT = 0xFFFF
+_SYSCTLS = Sysctls()  # kernel defaults (frozen, so sharing them is safe)
+_TIMEOUTS = ProtoTimeouts()
+
+
+def _registry_factory(service: Service, level: KernelLevel) -> Scheduler:
+    # Imported lazily: the registry lives in its own module (schedulers are another part).
+    from impl.schedulers.registry import make_scheduler
+
+    return make_scheduler(service.scheduler, service, level)
+
+
+@dataclass(eq=False, slots=True)
+class _Svc:
+    service: Service
+    dests: list[DestState]
+    scheduler: Scheduler | None  # None: scheduler "none"
+
+
+@dataclass(eq=False, slots=True)
+class _Trashed:
+    key: ServiceKey  # table key of the service the dest belonged to
+    dest: DestState
+    idle_since: float | None
+
+
+def masked(addr: IPAddress, service: Service) -> IPAddress:
+    """The template's client address: IPv4 bitwise AND with the raw mask (non-contiguous masks
+    work), IPv6 the first ``netmask`` bits (core.c 276-285)."""
+    if isinstance(addr, ipaddress.IPv4Address):
+        return ipaddress.IPv4Address(int(addr) & (service.mask & 0xFFFFFFFF))
+    plen = service.mask
+    keep = ((1 << plen) - 1) << (128 - plen) if plen else 0
+    return ipaddress.IPv6Address(int(addr) & keep)
+
+
+def fwmark_vaddr(family: Family, mark: int) -> IPAddress:
+    """A fwmark template's vaddr: htonl(mark) in the first 32 bits, the rest zero."""
+    if family is Family.IPV4:
+        return ipaddress.IPv4Address(mark & 0xFFFFFFFF)
+    return ipaddress.IPv6Address((mark & 0xFFFFFFFF) << 96)
+
+
+def _zero(family: Family) -> IPAddress:
+    return ipaddress.IPv4Address(0) if family is Family.IPV4 else ipaddress.IPv6Address(0)
+
+
+class Director:
+    """Kernel IPVS of one netns, as a deterministic model. See the module docstring."""
+
+    def __init__(self, level: KernelLevel = DEFAULT, sysctls: Sysctls = _SYSCTLS,
+                 timeouts: ProtoTimeouts = _TIMEOUTS, *,
+                 scheduler_factory: SchedulerFactory | None = None) -> None:
+        self.level = level
+        self.sysctls = sysctls
+        self.timeouts = timeouts
+        #: addresses local to the director (cache_bypass only bypasses non-local unicast daddr)
+        self.local_addresses: set[IPAddress] = set()
+        self._factory = scheduler_factory or _registry_factory
+        self._svcs: dict[ServiceKey, _Svc] = {}
+        self._conns: dict[ConnKey, Entry] = {}
+        # templates by lookup key; each bucket newest (or most recently re-hashed) first
+        self._tindex: dict[tuple[object, ...], list[Entry]] = {}
+        self._trash: list[_Trashed] = []
+        self._timers: list[tuple[float, int, Entry]] = []
+        self._seq = itertools.count()
+        self._now = 0.0
+
+    @classmethod
+    def from_scenario(cls, scenario: Scenario, level: KernelLevel = DEFAULT, *,
+                      scheduler_factory: SchedulerFactory | None = None) -> Director:
+        """Services and dests of ``scenario`` added in order at now=0 (fwmark rules are the
+        caller's: pass ``scenario.mark(flow)``)."""
+        d = cls(level, scenario.sysctls, scenario.timeouts, scheduler_factory=scheduler_factory)
+        for sc in scenario.services:
+            d.add_service(sc.service)
+            for dest in sc.dests:
+                d.add_dest(sc.service.key, dest)
+        return d
+
+    # ------------------------------------------------------------------ configuration
+    def add_service(self, service: Service, now: float = 0.0) -> None:
+        now = self._clock(now)
+        key = table_key(service.key)
+        if key in self._svcs:
+            raise ServiceExists(f"service {service.key} already exists; use edit_service to "
+                                "change it")
+        self._check_service(service)
+        sched = self._make_scheduler(service)
+        self._svcs[key] = _Svc(service, [], sched)
+        if sched is not None:
+            sched.init_service([])
+
+    def edit_service(self, service: Service, now: float = 0.0) -> None:
+        """Like IPVS_CMD_SET_SERVICE: existing templates keep their key and timeout."""
+        now = self._clock(now)
+        svc = self._svc(service.key)
+        self._check_service(service)
+        old = svc.service
+        svc.service = service
+        if service.scheduler != old.scheduler:
+            svc.scheduler = self._make_scheduler(service)
+            if svc.scheduler is not None:
+                svc.scheduler.init_service(svc.dests)
+        elif svc.scheduler is not None:
+            svc.scheduler.service = service  # flags (sh-port, ...) follow the edit
+
+    def del_service(self, key: ServiceKey, now: float = 0.0) -> None:
+        """Deleting a service trashes its dests; connections and templates stay (§3.4)."""
+        now = self._clock(now)
+        svc = self._svc(key)
+        for dest in list(svc.dests):
+            dest.available = False
+            self._to_trash(table_key(key), dest, now)
+        svc.dests.clear()
+        del self._svcs[table_key(key)]
+
+    def add_dest(self, key: ServiceKey, dest: Dest, now: float = 0.0) -> None:
+        """New dests and dests revived from the trash go to the head of the list (§3.4)."""
+        now = self._clock(now)
+        svc = self._svc(key)
+        self._check_dest(svc.service, dest)
+        if self._find_dest(svc, dest.addr, dest.port) is not None:
+            raise DestExists(f"dest {dest} already in service {svc.service.key}; use edit_dest")
+        tkey = table_key(key)
+        revived = None
+        for t in self._trash:
+            if t.key == tkey and t.dest.addr == dest.addr and t.dest.port == dest.port:
+                revived = t
+                break
+        if revived is not None:
+            self._trash.remove(revived)
+            ds = revived.dest
+            self._update_dest(ds, dest, add=True)
+        else:
+            ds = DestState.from_dest(dest)
+            ds.overloaded = False
+        ds.available = True
+        svc.dests.insert(0, ds)
+        if svc.scheduler is not None:
+            svc.scheduler.add_dest(svc.dests, ds)
+
+    def edit_dest(self, key: ServiceKey, dest: Dest, now: float = 0.0) -> None:
+        """Any SET_DEST, even unchanged, calls the scheduler's upd_dest."""
+        now = self._clock(now)
+        svc = self._svc(key)
+        self._check_dest(svc.service, dest)
+        ds = self._find_dest(svc, dest.addr, dest.port)
+        if ds is None:
+            raise NoSuchDest(f"dest {dest} is not in service {svc.service.key}; add it first")
+        self._update_dest(ds, dest, add=False)
+        if svc.scheduler is not None:
+            svc.scheduler.upd_dest(svc.dests, ds)
+
+    def del_dest(self, key: ServiceKey, addr: IPAddress, port: int, now: float = 0.0) -> None:
+        now = self._clock(now)
+        svc = self._svc(key)
+        ds = self._find_dest(svc, addr, port)
+        if ds is None:
+            host = f"[{addr}]" if addr.version == 6 else str(addr)
+            raise NoSuchDest(f"dest {host}:{port} is not in service {svc.service.key}")
+        ds.available = False
+        svc.dests.remove(ds)
+        if svc.scheduler is not None:
+            svc.scheduler.del_dest(svc.dests, ds)
+        self._to_trash(table_key(key), ds, now)
+        if self.sysctls.expire_nodest_conn:
+            self._flush_nodest(now)
+
+    def set_sysctl(self, name: str, value: int) -> None:
+        names = {f.name for f in fields(Sysctls)}
+        if name not in names:
+            raise UnknownSysctl(f"unknown sysctl {name!r}; known: {', '.join(sorted(names))}")
+        self.sysctls = replace(self.sysctls, **{name: int(value)})
+
+    def set_timeouts(self, timeouts: ProtoTimeouts) -> None:
+        """IPVS_CMD_SET_CONFIG: a 0 leaves that timeout unchanged. Running timers keep going."""
+        cur = self.timeouts
+        self.timeouts = ProtoTimeouts(timeouts.tcp or cur.tcp, timeouts.tcpfin or cur.tcpfin,
+                                      timeouts.udp or cur.udp)
+
+    # ------------------------------------------------------------------ packets
+    def packet(self, flow: Flow, now: float) -> Verdict:
+        """One packet from a client towards a VIP (ip_vs_in_hook)."""
+        now = self._clock(now)
+        kind = flow.packet_kind
+        cp = self._conns.get((flow.family, flow.proto, flow.saddr, flow.sport, flow.daddr,
+                              flow.dport))
+        is_new_conn = ((flow.proto is Proto.TCP and kind in ("syn", "synack"))
+                       or (flow.proto is Proto.SCTP and kind == "init"))
+        if cp is not None and is_new_conn:
+            # Reschedule rules for a "new connection" packet on an existing entry (§1.2).
+            quiesced = (bool(self.sysctls.expire_nodest_conn) and cp.dest is not None
+                        and cp.dest.weight == 0)
+            reusable = bool(self.sysctls.conn_reuse_mode) and C.is_new_conn_expected(
+                cp, self.sysctls.conn_reuse_mode)
+            resched = quiesced or reusable
+            if resched:
+                old_ct = self._uses_old_conntrack(cp)
+                if cp.n_control == 0:
+                    self._remove(cp, now)
+                if old_ct:
+                    return Verdict("drop", reason="reschedule with confirmed conntrack")
+                cp = None
+        if cp is not None and cp.dest is not None and not cp.dest.available:
+            if not self.sysctls.expire_nodest_conn:
+                return Verdict("drop", reason="dest removed")
+            old_ct = self._uses_old_conntrack(cp)
+            self._remove(cp, now)
+            if old_ct:
+                return Verdict("drop", reason="dest removed, confirmed conntrack")
+            cp = None
+        if cp is None:
+            result = self._try_to_schedule(flow, now)
+            if isinstance(result, Verdict):
+                return result
+            cp = result
+            reason = "scheduled"
+        else:
+            reason = "existing connection"
+        C.set_state(cp, C.INPUT, kind, self.timeouts)
+        verdict = self._forward(cp, flow, reason)
+        self._put(cp, now)
+        return verdict
+
+    def reply(self, flow: Flow, now: float) -> Verdict:
+        """One packet from a real server back to a client (ip_vs_out_hook, conn_out_get)."""
+        now = self._clock(now)
+        for cp in self._conns.values():
+            if cp.template or cp.cport != flow.dport or cp.caddr != flow.daddr:
+                continue
+            if cp.proto is not flow.proto or cp.family is not flow.family:
+                continue
+            nat = cp.fwd is Fwd.NAT
+            src, sport = (cp.daddr, cp.dport) if nat else (cp.vaddr, cp.vport)
+            if src != flow.saddr or sport != flow.sport:
+                continue
+            kind = flow.kind or ("ack" if flow.proto is Proto.TCP else flow.packet_kind)
+            C.set_state(cp, C.OUTPUT, kind, self.timeouts)
+            self._put(cp, now)
+            return Verdict("forward", dest=cp.vaddr, dport=cp.vport, fwd=cp.fwd, reason="snat")
+        return Verdict("local", reason="no connection")
+
+    # ------------------------------------------------------------------ time
+    def expire(self, now: float) -> None:
+        """Run every timer whose deadline is <= now, in deadline order (ip_vs_conn_expire)."""
+        if now < self._now:
+            return  # the clock never goes back: an earlier `now` (e.g. the 0.0 default) is moot
+        while self._timers and self._timers[0][0] <= now:
+            deadline, _, e = heapq.heappop(self._timers)
+            if e.deadline != deadline or not self._alive(e):
+                continue  # stale heap entry: re-armed or already removed
+            self._fire(e, deadline)
+        self._free_trash(now)
+        self._now = now
+
+    def _clock(self, now: float) -> float:
+        now = max(now, self._now)
+        self.expire(now)
+        return now
+
+    # ------------------------------------------------------------------ views
+    def templates(self, now: float) -> list[Template]:
+        now = self._clock(now)
+        return [t.as_template(now) for t in self.template_entries()]
+
+    def connections(self, now: float) -> list[Connection]:
+        now = self._clock(now)
+        return [c.as_connection(now) for c in self._conns.values()]
+
+    def services(self) -> list[tuple[Service, list[Dest]]]:
+        return [(s.service, [d.as_dest() for d in s.dests]) for s in self._svcs.values()]
+
+    def dest_state(self, key: ServiceKey) -> list[DestState]:
+        return list(self._svc(key).dests)
+
+    def template_entries(self) -> list[Entry]:
+        """The live template entries (for tests and the datapath; do not mutate)."""
+        return [t for bucket in self._tindex.values() for t in bucket]
+
+    def connection_entries(self) -> list[Entry]:
+        return list(self._conns.values())
+
+    # ------------------------------------------------------------------ scheduling path
+    def _try_to_schedule(self, flow: Flow, now: float) -> Entry | Verdict:
+        """ip_vs_try_to_schedule -> pp->conn_schedule (§1.3) -> ip_vs_schedule (§1.5)."""
+        kind = flow.packet_kind
+        sc = self.sysctls
+        if flow.proto is Proto.TCP:
+            if kind == "rst" or not (sc.sloppy_tcp or kind in ("syn", "synack")):
+                return Verdict("local", reason="tcp packet that cannot create a connection")
+        elif flow.proto is Proto.SCTP:
+            if kind == "abort" or not (sc.sloppy_sctp or kind == "init"):
+                return Verdict("local", reason="sctp chunk that cannot create a connection")
+        elif flow.proto is not Proto.UDP:
+            return Verdict("local", reason=f"protocol {flow.proto.name} is never scheduled")
+        hit = find_service(self._svcs, flow.family, flow.mark, flow.proto, flow.daddr,
+                           flow.dport, sc.ip_unprivileged_port_start)
+        if hit is None:
+            return Verdict("local", reason="no service")
+        svc, _how = hit
+        if flow.sport == FTPDATA:
+            return Verdict("local", reason="source port 20 is never scheduled")
+        service = svc.service
+        svc_port = 0 if service.key.fwmark else service.key.vport
+        if service.persistent:
+            return self._sched_persist(svc, flow, now)
+        if not service.key.fwmark and flow.dport != svc_port:
+            return self._leave(svc, flow, now, "non-persistent service, vport != service port")
+        dest = svc.scheduler.schedule(svc.dests, flow) if svc.scheduler else None
+        if dest is None:
+            return self._leave(svc, flow, now, "scheduler found no dest")
+        return self._new_conn(svc, flow, dest, dest.port or flow.dport, None, now)
+
+    def _sched_persist(self, svc: _Svc, flow: Flow, now: float) -> Entry | Verdict:
+        """ip_vs_sched_persist (core.c 253-416, §2)."""
+        service = svc.service
+        fwmark = service.key.fwmark
+        svc_port = 0 if fwmark else service.key.vport
+        snet = masked(flow.saddr, service)
+        proto, vaddr, vport = flow.proto, flow.daddr, 0
+        if flow.dport == svc_port:
+            if svc_port != FTPPORT:
+                vport = flow.dport
+        elif fwmark:
+            proto, vaddr = Proto.IP, fwmark_vaddr(service.family, fwmark)
+        pe_data: bytes | None = None
+        if service.pe == "sip":
+            if flow.proto is not Proto.UDP:
+                return Verdict("drop", reason="sip pe: not UDP")
+            pe_data = sip.callid(flow.payload)
+            if pe_data is None:
+                return Verdict("drop", reason="sip pe: no Call-ID")
+        ct = self._ct_in_get(service.family, proto, snet, vaddr, vport, pe_data)
+        if ct is None or not self._check_template(ct):
+            dest = svc.scheduler.schedule(svc.dests, flow) if svc.scheduler else None
+            if dest is None:
+                return self._leave(svc, flow, now, "scheduler found no dest")
+            tdport = dest.port if (flow.dport == svc_port and svc_port != FTPPORT) else 0
+            ct = Entry(service.family, proto, snet, 0, vaddr, vport, dest.addr, tdport, dest,
+                       template=True, timeout=float(service.timeout or 0), fwd=dest.fwd,
+                       pe_data=pe_data, pe_name=service.pe or "", fwmark=flow.mark)
+            C.bind_dest(ct, self.level)
+            self._hash_template(ct)
+        else:
+            assert ct.dest is not None  # check_template passed
+            dest = ct.dest
+        dport = flow.dport
+        if dport == svc_port and dest.port:
+            dport = dest.port
+        cp = self._new_conn(svc, flow, dest, dport, ct, now)
+        self._put(ct, now)  # the only ingress refresh of a template (core.c 412)
+        return cp
+
+    def _leave(self, svc: _Svc, flow: Flow, now: float, why: str) -> Entry | Verdict:
+        """ip_vs_leave (core.c 585, §1.6)."""
+        service = svc.service
+        if (self.sysctls.cache_bypass and service.key.fwmark
+                and self._is_nonlocal_unicast(flow.daddr)):
+            ops = service.ops and flow.proto is Proto.UDP
+            cp = Entry(service.family, flow.proto, flow.saddr, flow.sport, flow.daddr,
+                       flow.dport, _zero(service.family), 0, None, template=False,
+                       timeout=3.0, bypass=True, fwmark=flow.mark, ops=ops)
+            if not ops:
+                self._hash_conn(cp)
+            return cp
+        svc_port = 0 if service.key.fwmark else service.key.vport
+        if svc_port == FTPPORT and flow.dport != FTPPORT:
+            return Verdict("local", reason=f"{why}; FTP service, data port goes local")
+        return Verdict("unreachable", reason=why)
+
+    def _new_conn(self, svc: _Svc, flow: Flow, dest: DestState, dport: int,
+                  ct: Entry | None, now: float) -> Entry:
+        """ip_vs_conn_new + ip_vs_bind_dest (+ ip_vs_control_add when ``ct``)."""
+        ops = svc.service.ops and flow.proto is Proto.UDP
+        cp = Entry(flow.family, flow.proto, flow.saddr, flow.sport, flow.daddr, flow.dport,
+                   dest.addr, dport, dest, template=False, timeout=3.0,
+                   nooutput=dest.fwd is not Fwd.NAT, fwd=dest.fwd, fwmark=flow.mark)
+        cp.ops = ops
+        C.bind_dest(cp, self.level)
+        if ct is not None:
+            cp.control = ct
+            ct.n_control += 1
+        if not ops:  # OPS connections are never hashed (§3.6)
+            self._hash_conn(cp)
+        return cp
+
+    # ------------------------------------------------------------------ templates
+    def _ct_in_get(self, family: Family, proto: Proto, caddr: IPAddress, vaddr: IPAddress,
+                   vport: int, pe_data: bytes | None) -> Entry | None:
+        """ip_vs_ct_in_get (conn.c 349): first matching template; sip ct_match with pe_data."""
+        # The index key holds af, proto, caddr, vport and vaddr (only its first 32 bits for
+        # proto IP, i.e. fwmark templates); cport is always 0 for templates.
+        vkey: object = _first32(vaddr) if proto is Proto.IP else vaddr
+        for ct in self._tindex.get((family, proto, caddr, vport, vkey), ()):
+            if pe_data is not None and ct.pe_data != pe_data:
+                continue  # pe->ct_match: Call-ID bytes and length
+            return ct
+        return None
+
+    def _check_template(self, ct: Entry) -> bool:
+        """ip_vs_check_template(ct, NULL) (conn.c 756): invalidate with vport/dport FFFF."""
+        dest = ct.dest
+        if dest is not None and dest.available and not (
+                self.sysctls.expire_quiescent_template and dest.weight == 0):
+            return True
+        if ct.vport != INVALID_PORT:
+            self._unhash_template(ct)
+            ct.vport = ct.dport = INVALID_PORT
+            ct.cport = 0
+            self._hash_template(ct)
+        return False
+
+    # ------------------------------------------------------------------ timers and removal
+    def _put(self, e: Entry, now: float) -> None:
+        """ip_vs_conn_put: re-arm to now + timeout; an OPS connection dies at once."""
+        if e.ops:
+            self._unlink(e, now)
+            return
+        e.deadline = now + e.timeout
+        heapq.heappush(self._timers, (e.deadline, next(self._seq), e))
+
+    @staticmethod
+    def _alive(e: Entry) -> bool:
+        return e.linked
+
+    def _hash_conn(self, cp: Entry) -> None:
+        old = self._conns.get(cp.conn_key)
+        if old is not None:  # a reschedule that could not expire it: shadowed, no timer
+            old.linked = False
+        self._conns[cp.conn_key] = cp
+        cp.linked = True
+
+    def _hash_template(self, ct: Entry) -> None:
+        self._tindex.setdefault(_tkey(ct), []).insert(0, ct)  # head of the bucket
+        ct.linked = True
+
+    def _unhash_template(self, ct: Entry) -> None:
+        k = _tkey(ct)
+        bucket = self._tindex[k]
+        bucket.remove(ct)
+        if not bucket:
+            del self._tindex[k]
+        ct.linked = False
+
+    def _fire(self, e: Entry, at: float) -> None:
+        if e.n_control > 0:
+            # expire_later: controlled connections remain -> 60 s, permanently (§3.3)
+            e.timeout = C.EXTENSION
+            e.deadline = at + C.EXTENSION
+            heapq.heappush(self._timers, (e.deadline, next(self._seq), e))
+            return
+        self._unlink(e, at)
+
+    def _remove(self, e: Entry, now: float) -> None:
+        """ip_vs_conn_expire_now: the timer fires at once."""
+        if e.n_control > 0:
+            return
+        self._unlink(e, now)
+
+    def _unlink(self, e: Entry, now: float, drop_chain: bool = False) -> None:
+        if e.template:
+            if e.linked:
+                self._unhash_template(e)
+        elif e.linked:
+            del self._conns[e.conn_key]
+            e.linked = False
+        ct = e.control
+        if ct is not None:
+            e.control = None
+            ct.n_control -= 1
+            # A chain delete (timeout 0) drops a controller that is no longer used and not
+            # ASSURED (conn.c 855-868); a normal expiry never does.
+            if drop_chain and ct.n_control == 0 and not ct.assured and self._alive(ct):
+                self._unlink(ct, now)
+        C.unbind_dest(e, self.level)
+        self._note_idle(e.dest, now)
+
+    def _flush_nodest(self, now: float) -> None:
+        """ip_vs_expire_nodest_conn_flush (conn.c 1395), run when a dest is deleted with
+        expire_nodest_conn=1 (queued 1 jiffy later: modelled as immediate)."""
+        for e in list(self._conns.values()) + self.template_entries():
+            if not self._alive(e) or e.dest is None or e.dest.available or e.n_control:
+                continue
+            ctl = e.control
+            self._unlink(e, now, drop_chain=True)
+            if ctl is not None and ctl.n_control == 0 and self._alive(ctl):
+                self._unlink(ctl, now)
+
+    # ------------------------------------------------------------------ dest trash
+    def _to_trash(self, key: ServiceKey, dest: DestState, now: float) -> None:
+        idle = now if dest.persistconns + dest.totalconns == 0 else None
+        self._trash.append(_Trashed(key, dest, idle))
+
+    def _note_idle(self, dest: DestState | None, now: float) -> None:
+        if dest is None or dest.available or dest.persistconns + dest.totalconns:
+            return
+        for t in self._trash:
+            if t.dest is dest and t.idle_since is None:
+                t.idle_since = now
+
+    def _free_trash(self, now: float) -> None:
+        """ip_vs_dest_trash_expire: an unreferenced dest is freed after 120 s idle (the kernel
+        scans every 60 s, so it really goes between 120 and ~180 s)."""
+        self._trash = [t for t in self._trash
+                       if t.idle_since is None or now - t.idle_since < TRASH_IDLE]
+
+    # ------------------------------------------------------------------ helpers
+    def _forward(self, cp: Entry, flow: Flow, reason: str) -> Verdict:
+        if cp.bypass:
+            return Verdict("forward", dest=flow.daddr, dport=flow.dport, fwd=None,
+                           reason="cache bypass")
+        return Verdict("forward", dest=cp.daddr, dport=cp.dport, fwd=cp.fwd, reason=reason)
+
+    def _uses_old_conntrack(self, cp: Entry) -> bool:
+        # ip_vs_conn_uses_old_conntrack: only with the conntrack sysctl (NFCT flag); the model
+        # assumes the skb then carries the old, confirmed conntrack entry.
+        return bool(self.sysctls.conntrack)
+
+    def _is_nonlocal_unicast(self, addr: IPAddress) -> bool:
+        if addr in self.local_addresses:
+            return False
+        if addr.is_multicast or addr.is_unspecified:
+            return False
+        return not (isinstance(addr, ipaddress.IPv4Address) and addr == ipaddress.IPv4Address(
+            "255.255.255.255"))
+
+    def _svc(self, key: ServiceKey) -> _Svc:
+        svc = self._svcs.get(table_key(key))
+        if svc is None:
+            raise NoSuchService(f"no service {key}; add it first")
+        return svc
+
+    @staticmethod
+    def _find_dest(svc: _Svc, addr: IPAddress, port: int) -> DestState | None:
+        for d in svc.dests:
+            if d.addr == addr and d.port == port:
+                return d
+        return None
+
+    def _make_scheduler(self, service: Service) -> Scheduler | None:
+        if service.scheduler == "none":
+            return None  # svc->scheduler NULL: only valid templates are served
+        try:
+            return self._factory(service, self.level)
+        except UnknownScheduler as e:
+            raise SchedulerRejected(f"service {service.key}: {e}") from None
+
+    def _update_dest(self, ds: DestState, dest: Dest, add: bool) -> None:
+        """__ip_vs_update_dest (ctl.c 905): weight, last_weight, fwd, thresholds."""
+        if add or dest.weight != 0:
+            ds.last_weight = dest.weight
+        ds.weight = dest.weight
+        ds.fwd = dest.fwd
+        if self.level.overload_rework:
+            if ds.u_threshold != dest.u_threshold or ds.l_threshold != dest.l_threshold:
+                ds.u_threshold, ds.l_threshold = dest.u_threshold, dest.l_threshold
+                C.update_overload(ds, 0, self.level)
+        else:
+            if dest.u_threshold == 0 or dest.u_threshold > ds.u_threshold:
+                ds.overloaded = False
+            ds.u_threshold, ds.l_threshold = dest.u_threshold, dest.l_threshold
+
+    @staticmethod
+    def _check_service(service: Service) -> None:
+        if service.family is Family.IPV6 and not 1 <= service.mask <= 128:
+            raise InvalidConfig(f"service {service.key}: IPv6 netmask is a prefix length "
+                                f"1..128, got {service.mask}")
+        if service.family is Family.IPV4 and not 0 <= service.mask <= 0xFFFFFFFF:
+            raise InvalidConfig(f"service {service.key}: IPv4 netmask must be a 32-bit value")
+        if service.pe not in (None, "sip"):
+            raise InvalidConfig(f"service {service.key}: unknown persistence engine "
+                                f"{service.pe!r}; only 'sip' exists")
+        if service.timeout is not None and service.timeout < 0:
+            # 0 is accepted like the kernel does: the template lives while it controls
+            # connections (60 s extensions) and goes at the first timer run after that.
+            raise InvalidConfig(f"service {service.key}: persistence timeout must be >= 0 "
+                                "seconds (None = not persistent)")
+        if not service.key.fwmark and service.key.vaddr is None:
+            raise InvalidConfig(f"service {service.key}: needs a vaddr or a fwmark")
+
+    @staticmethod
+    def _check_dest(service: Service, dest: Dest) -> None:
+        if dest.weight < 0:
+            raise InvalidConfig(f"dest {dest}: weight must be >= 0")
+        if dest.l_threshold > dest.u_threshold:
+            raise InvalidConfig(f"dest {dest}: l_threshold {dest.l_threshold} exceeds "
+                                f"u_threshold {dest.u_threshold}")
+        if dest.family is not service.family and dest.fwd is not Fwd.TUN:
+            raise InvalidConfig(f"dest {dest}: a dest of another address family needs "
+                                "tunnel forwarding")
+
+
+def _tkey(ct: Entry) -> tuple[object, ...]:
+    vkey: object = _first32(ct.vaddr) if ct.proto is Proto.IP else ct.vaddr
+    return (ct.family, ct.proto, ct.caddr, ct.vport, vkey)
+
+
+def _first32(addr: IPAddress) -> int:
+    return int(addr) if addr.version == 4 else int(addr) >> 96
