@@ -1,0 +1,175 @@
+"""``lvsconf run``: run the conformance suite and print the verdict matrix.
+
+Wraps pytest on the installed ``conformance`` package. Defaults work on a fresh machine: every
+implementation available (the reference always; kernel IPVS on the host when it has IPVS, else
+in a VM lane), the report in ``lvs-report/``, slow rules left out unless ``--slow``. Progress is
+one line per finished case (``[ 3/40] rule [impl-family] verdict``); the run ends with the matrix
+(rule x implementation@kernel, verdict letters) and the line ``N passed, N failed, N skipped``.
+
+Exit status: 0 all conform, 1 some case failed, 2 bad input or nothing selected (one line saying
+what and how to fix), 3 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.conformance_plugin import PROGRESS_ENV, REQUIRE_CASES_ENV
+from harness.impls.registry import ImplError, resolve
+
+DEFAULT_REPORT = "lvs-report"
+#: per-case pytest-timeout: a wedged case fails alone (slow rules wait ~60-120 s on purpose)
+CASE_TIMEOUT = 600.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "run",
+        help="run the conformance suite (every implementation available) and report",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--impl",
+        metavar="NAMES",
+        help="implementations, comma separated: kernel, reference, module:attr "
+        "(default: every implementation available here)",
+    )
+    parser.add_argument(
+        "--kernel",
+        metavar="LANE",
+        help="kernel lane: host, auto, a Debian kernel version or an image path "
+        "(default: host if it has IPVS, else auto in a VM)",
+    )
+    parser.add_argument(
+        "--report",
+        metavar="DIR",
+        default=DEFAULT_REPORT,
+        help=f"report directory (default: {DEFAULT_REPORT}/)",
+    )
+    parser.add_argument(
+        "-n", dest="workers", metavar="N", help="pytest-xdist workers (a number or 'auto')"
+    )
+    parser.add_argument(
+        "-k",
+        dest="keyword",
+        metavar="EXPR",
+        help="only cases matching EXPR (pytest -k: rule function names, ids "
+        "such as reference-ipv6)",
+    )
+    parser.add_argument(
+        "--slow", action="store_true", help="include slow rules (timeouts of tens of seconds)"
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list the rules (id, families, kernel source) and exit"
+    )
+    parser.add_argument(
+        "--case-timeout",
+        type=float,
+        default=CASE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"fail a case that takes longer (default {CASE_TIMEOUT:g}; scaled in a VM lane)",
+    )
+    parser.add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="after --: extra pytest arguments"
+    )
+    parser.set_defaults(func=run)
+
+
+class RunInputError(ValueError):
+    """A ``lvsconf run`` argument is unusable (the message names it and the fix)."""
+
+
+def conformance_dir() -> Path:
+    """Where the installed conformance package lives."""
+    import conformance
+
+    # __path__ rather than __file__: an editable install made before conformance/__init__.py
+    # existed maps the package as a namespace package, which has no __file__
+    return Path(next(iter(conformance.__path__))).resolve()
+
+
+def pytest_args(args: argparse.Namespace) -> list[str]:
+    """The pytest command line for ``args`` (validated; raises :class:`RunInputError`)."""
+    argv = [str(conformance_dir()), "-q", "-p", "no:cacheprovider"]
+    if args.impl:
+        argv += ["--impl", args.impl]
+    if args.kernel:
+        argv += ["--kernel", args.kernel]
+    argv += ["--lvs-report", str(args.report)]
+    if args.workers:
+        if not (args.workers == "auto" or (args.workers.isdigit() and int(args.workers) > 0)):
+            raise RunInputError(f"-n {args.workers}: expected a positive number of workers or auto")
+        argv += ["-n", args.workers]
+    if args.keyword:
+        argv += ["-k", args.keyword]
+    if not args.slow:
+        argv += ["-m", "not slow"]
+    if args.case_timeout <= 0:
+        raise RunInputError(f"--case-timeout {args.case_timeout:g}: expected a positive number")
+    argv += ["--timeout", f"{args.case_timeout:g}"]
+    extra = list(args.pytest_args or [])
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    return argv + extra
+
+
+def list_rules() -> list[str]:
+    """Every rule of the installed suite: id, families, needs, source, and the rule itself."""
+    import importlib
+    import pkgutil
+
+    from conformance.rules import REGISTRY
+
+    for info in pkgutil.iter_modules([str(conformance_dir())]):
+        if info.name.startswith("test_"):
+            importlib.import_module(f"conformance.{info.name}")
+    lines = []
+    for rule_id in sorted(REGISTRY):
+        r = REGISTRY[rule_id]
+        extra = [f.label for f in r.families]
+        extra += [f"needs {n}" for n in r.needs] + (["slow"] if r.slow else [])
+        extra += [f"diverges on {name}" for name in r.diverges]
+        lines += [f"{rule_id}  ({', '.join(extra)})", f"    {r.title}", f"    source: {r.source}"]
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        print("\n".join(list_rules()))
+        return 0
+    try:
+        resolve(args.impl)  # a bad --impl name is one line here, before pytest starts
+        argv = pytest_args(args)
+    except (ImplError, RunInputError) as exc:
+        print(f"lvsconf: {exc}", file=sys.stderr)
+        return 2
+    print(f"lvsconf: pytest {' '.join(argv)}", file=sys.stderr)
+    saved = {k: os.environ.get(k) for k in (REQUIRE_CASES_ENV, PROGRESS_ENV)}
+    os.environ[REQUIRE_CASES_ENV] = "1"  # an empty selection is an error, not a green
+    os.environ[PROGRESS_ENV] = "1"
+    try:
+        code = pytest.main(argv)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    if code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.NO_TESTS_COLLECTED):
+        if code == pytest.ExitCode.NO_TESTS_COLLECTED:
+            print(
+                f"lvsconf: no conformance case collected from {conformance_dir()}; "
+                "is the conformance package installed with its test_*.py modules?",
+                file=sys.stderr,
+            )
+        return 2
+    if code == pytest.ExitCode.OK:
+        return 0
+    if code in (pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.INTERRUPTED):
+        return 1 if code == pytest.ExitCode.TESTS_FAILED else 130
+    return 3

@@ -1,0 +1,1 @@
+"""Implementations under test (kernel IPVS, the reference datapath) and the --impl registry."""

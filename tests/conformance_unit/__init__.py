@@ -1,0 +1,1 @@
+"""Unit tests of the conformance runner (rules, casework, plugin, reports, lvsconf run)."""
