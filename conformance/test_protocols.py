@@ -1,0 +1,162 @@
+"""Protocols: which packets schedule, per protocol, and one-packet scheduling (ipvs-semantics
+§1.3, §3.6; §8 case 45 and the SCTP triggers).
+
+TCP triggers are in test_service_lookup.py (``tcp-nonsyn``) and UDP's in ``udp-any``; here are
+the SCTP triggers (kernels with SCTP only) and OPS, which applies to UDP alone.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from conformance.rules import rule
+from harness.casework import Case
+from impl.scenario import Scenario, Send, ServiceConfig, SetSysctl
+from impl.types import Dest, Flow, FwmarkRule, PacketKind, Proto, Service, ServiceKey
+
+TCP, UDP, SCTP = Proto.TCP, Proto.UDP, Proto.SCTP
+
+
+def three(case: Case) -> tuple[Dest, Dest, Dest]:
+    """rs1, rs2, rs3 as DR dests; rr picks rs3, rs2, rs1 (rule ``order``)."""
+    return (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2)))
+
+
+@rule(
+    "ops",
+    source="ip_vs_core.c ip_vs_schedule() 537-539 and ip_vs_sched_persist() 390-392 (OPS only "
+    "for UDP); ip_vs_conn.c ip_vs_conn_put() 477, ip_vs_bind_dest() 595 (6.12.117)",
+)
+def test_ops(case: Case) -> None:
+    """With OPS every UDP datagram is scheduled on its own (its connection is never kept):
+    with rr, successive datagrams of one socket rotate across the servers; with OPS and
+    persistence they all follow the template to one server; without OPS (control) they
+    follow their connection."""
+    fam = case.family
+    rr_ops = ServiceKey(fam, UDP, case.vip(0), 53)
+    persist_ops = ServiceKey(fam, UDP, case.vip(1), 53)
+    plain = ServiceKey(fam, UDP, case.vip(2), 53)
+
+    def datagram(n: int) -> Send:
+        # the same three sockets each time: separate steps keep (client, sport) unique per Send
+        return Send(
+            (
+                case.flow(UDP, case.cip(0, 1), 40001, case.vip(0), 53, payload=b"d%d" % n),
+                case.flow(UDP, case.cip(0, 2), 40002, case.vip(1), 53, payload=b"d%d" % n),
+                case.flow(UDP, case.cip(0, 3), 40003, case.vip(2), 53, payload=b"d%d" % n),
+            )
+        )
+
+    scenario = Scenario(
+        name="ops",
+        services=(
+            ServiceConfig(Service(rr_ops, "rr", ops=True), three(case)),
+            ServiceConfig(Service(persist_ops, "rr", timeout=30, ops=True), three(case)),
+            ServiceConfig(Service(plain, "rr"), three(case)),
+        ),
+        steps=(datagram(1), datagram(2), datagram(3)),
+    )
+    r = case.run(scenario)
+    r.assert_conforms()
+    rotating = [r.rs(i) for i in (0, 3, 6)]
+    sticky = [r.rs(i) for i in (1, 4, 7)]
+    control = [r.rs(i) for i in (2, 5, 8)]
+    assert set(rotating) == {0, 1, 2}, f"OPS + rr: one datagram per server\n{r.explain()}"
+    assert sticky[0] is not None and len(set(sticky)) == 1, (
+        f"OPS + persistence: one server\n{r.explain()}"
+    )
+    assert control[0] is not None and len(set(control)) == 1, (
+        f"no OPS: the connection\n{r.explain()}"
+    )
+
+
+@rule(
+    "ops-udp-only",
+    source="ip_vs_core.c ip_vs_schedule() 537-539 (6.12.117): "
+    "IP_VS_CONN_F_ONE_PACKET only when svc has ONEPACKET and the packet is UDP",
+)
+def test_ops_udp_only(case: Case) -> None:
+    """OPS on a fwmark service that takes TCP and UDP applies to UDP only: a TCP connection is
+    kept (its ACK follows it), while successive UDP datagrams of one socket are each scheduled."""
+    fam = case.family
+    key = ServiceKey(fam, fwmark=8)
+    vip = case.vip(0)
+    tcp = case.cip(0, 1)
+    udp = case.cip(0, 2)
+    scenario = Scenario(
+        name="ops-udp-only",
+        services=(ServiceConfig(Service(key, "rr", ops=True), three(case)),),
+        fwmark_rules=(FwmarkRule(8, fam, ipaddress.ip_network(f"{vip}/{vip.max_prefixlen}")),),
+        steps=(
+            Send((case.flow(TCP, tcp, 40001, vip, 80), case.flow(UDP, udp, 40002, vip, 53))),
+            Send(
+                (
+                    case.flow(TCP, tcp, 40001, vip, 80, kind="ack"),
+                    case.flow(UDP, udp, 40002, vip, 53),
+                )
+            ),
+        ),
+    )
+    r = case.run(scenario)
+    r.assert_conforms()
+    assert r.rs(0) is not None and r.rs(2) == r.rs(0), f"TCP keeps its connection\n{r.explain()}"
+    assert None not in (r.rs(1), r.rs(3)) and r.rs(1) != r.rs(3), (
+        f"each UDP datagram is scheduled (rr moves on)\n{r.explain()}"
+    )
+
+
+def _sctp(case: Case, sport: int, kind: PacketKind) -> Flow:
+    return case.flow(SCTP, case.cip(0, 1), sport, case.vip(0), 5000, kind=kind)
+
+
+@rule(
+    "sctp-init",
+    source="ip_vs_proto_sctp.c sctp_conn_schedule() 17-82 (6.12.117): the first "
+    "chunk must be INIT unless sloppy_sctp",
+    needs=("sctp",),
+)
+def test_sctp_init(case: Case) -> None:
+    """An SCTP INIT creates a connection; a DATA chunk with no connection is not scheduled
+    (sloppy_sctp=0) but is once sloppy_sctp=1."""
+    key = ServiceKey(case.family, SCTP, case.vip(0), 5000)
+    scenario = Scenario(
+        name="sctp-init",
+        services=(ServiceConfig(Service(key, "rr"), three(case)),),
+        steps=(
+            Send((_sctp(case, 40001, "init"), _sctp(case, 40002, "data"))),
+            SetSysctl("sloppy_sctp", 1),
+            Send((_sctp(case, 40003, "data"),)),
+        ),
+    )
+    r = case.run(scenario)
+    r.assert_conforms()
+    kinds = [o.kind for o in r.observed]
+    assert kinds[0] == "forward", f"INIT is scheduled\n{r.explain()}"
+    assert kinds[1] != "forward", f"DATA without sloppy_sctp is not\n{r.explain()}"
+    assert kinds[2] == "forward", f"DATA with sloppy_sctp=1 is\n{r.explain()}"
+
+
+@rule(
+    "sctp-abort-never",
+    source="ip_vs_proto_sctp.c sctp_conn_schedule() 17-82 (6.12.117): "
+    "an ABORT chunk never creates a connection, sloppy or not",
+    needs=("sctp",),
+)
+def test_sctp_abort_never(case: Case) -> None:
+    """An SCTP ABORT with no connection is never scheduled, with sloppy_sctp=0 or 1; the
+    director's stack does not answer an ABORT (RFC 9260 8.4), so nothing comes back."""
+    key = ServiceKey(case.family, SCTP, case.vip(0), 5000)
+    scenario = Scenario(
+        name="sctp-abort-never",
+        services=(ServiceConfig(Service(key, "rr"), three(case)),),
+        steps=(
+            Send((_sctp(case, 40001, "abort"),)),
+            SetSysctl("sloppy_sctp", 1),
+            Send((_sctp(case, 40002, "abort"),)),
+        ),
+    )
+    r = case.run(scenario)
+    r.assert_conforms()
+    assert [o.kind for o in r.observed] == ["dropped", "dropped"], (
+        f"an ABORT is never balanced nor answered\n{r.explain()}"
+    )
