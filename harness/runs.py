@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import threading
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 
 STATE_DIR = Path(os.environ.get("LVSCONF_STATE_DIR", "/run/lvsconf"))
 OWNERS_DIR = STATE_DIR / "owners"
+SCRATCH_DIR = STATE_DIR / "scratch"  # per-run files (sockets, configs, logs); swept with the run
 NETNS_DIR = Path("/run/netns")
 #: a run prefix: "lc", 4 hex digits, one worker character
 PREFIX_RE = re.compile(r"^lc[0-9a-f]{4}[0-9a-z]")
@@ -264,6 +266,16 @@ class Run:
     def namespaces(self) -> list[str]:
         return [n for n in list_netns() if n.startswith(self.prefix)]
 
+    def scratch(self, tag: str) -> Path:
+        """A fresh private directory for this run's files; removed by close() or the sweep."""
+        base = SCRATCH_DIR / self.prefix
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._lock:
+            self._seq += 1
+            path = base / f"{tag}-{self._seq}"
+        path.mkdir(mode=0o700)
+        return path
+
     def close(self) -> None:
         """Kill remaining children, remove leftover namespaces, then drop the owner record."""
         if self.closed:
@@ -271,6 +283,7 @@ class Run:
         _kill_children(self._children)
         for ns in self.namespaces():
             remove_netns(ns)
+        shutil.rmtree(SCRATCH_DIR / self.prefix, ignore_errors=True)
         self.record.unlink(missing_ok=True)
         self.closed = True
 
@@ -388,6 +401,7 @@ def sweep() -> SweepReport:
             for ns in list_netns():
                 if ns.startswith(prefix) and remove_netns(ns):
                     report.removed_namespaces.append(ns)
+            shutil.rmtree(SCRATCH_DIR / prefix, ignore_errors=True)
             path.unlink(missing_ok=True)
             report.removed_records.append(prefix)
         for ns in list_netns():

@@ -135,8 +135,9 @@ def start(netns: str, config: DatapathConfig, run: runs.Run | None = None,
           timeout: float = READY_TIMEOUT) -> Iterator[ReferenceHandle]:
     """Run the datapath for ``config`` in namespace ``netns`` until the block exits."""
     with contextlib.ExitStack() as stack:
-        # named after the run, so a leftover (only after SIGKILL of the harness) is traceable
-        workdir = Path(tempfile.mkdtemp(prefix=f"lvsconf-dp-{run.prefix if run else netns}-"))
+        # under the run's scratch dir, so the sweep removes it if the harness is SIGKILLed
+        workdir = (run.scratch("dp") if run
+                   else Path(tempfile.mkdtemp(prefix=f"lvsconf-dp-{netns}-")))
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         cfg_path, sock_path = workdir / "config.json", workdir / "control"
         log_path = workdir / "log"
