@@ -57,9 +57,8 @@ _TCP_TABLE = (
 )
 
 
-def _tcp_event(kind: PacketKind) -> int | None:
-    """tcp_state_idx: rst, then syn (SYN-ACK too), then fin, then ack; None = no flag."""
-    return {"rst": 3, "syn": 0, "synack": 0, "fin": 1, "ack": 2, "data": 2}.get(kind)
+# tcp_state_idx: rst, then syn (SYN-ACK too), then fin, then ack; a kind not here: no flag.
+_TCP_EVENTS: dict[str, int] = {"rst": 3, "syn": 0, "synack": 0, "fin": 1, "ack": 2, "data": 2}
 
 
 # ---------------------------------------------------------------- SCTP (ip_vs_proto_sctp.c)
@@ -81,11 +80,18 @@ _SCTP_TABLE = {
 }
 
 
+_SCTP_EVENTS: dict[str, str] = {"init": "i", "abort": "ab"}
+
+
 def _sctp_event(kind: PacketKind) -> str:
-    return {"init": "i", "abort": "ab"}.get(kind, "d")
+    return _SCTP_EVENTS.get(kind, "d")
 
 
 UDP_TIMEOUT_DEFAULT = 300
+
+#: The connection table key: af, proto, caddr, cport, vaddr, vport with the addresses as ints
+#: (an int hashes several times faster than an ipaddress object, whose __hash__ is Python code).
+ConnKey = tuple[Family, Proto, int, int, int, int]
 
 
 @dataclass(eq=False, slots=True)
@@ -122,8 +128,9 @@ class Entry:
         return self.template and self.state == 1
 
     @property
-    def conn_key(self) -> tuple[Family, Proto, IPAddress, int, IPAddress, int]:
-        return (self.family, self.proto, self.caddr, self.cport, self.vaddr, self.vport)
+    def conn_key(self) -> ConnKey:
+        return (self.family, self.proto, int(self.caddr), self.cport, int(self.vaddr),
+                self.vport)
 
     def state_name(self) -> str:
         """ip_vs_state_name()."""
@@ -182,7 +189,7 @@ def set_state(cp: Entry, direction: int, kind: PacketKind, timeouts: ProtoTimeou
                 cp.nooutput = False
             else:
                 off = INPUT_ONLY
-        event = _tcp_event(kind)
+        event = _TCP_EVENTS.get(kind)
         # tcp_state_idx < 0 (no SYN/FIN/ACK/RST) jumps to the end with new_state = CLOSE.
         new = _TCP_TABLE[off * 4 + event][cp.state] if event is not None else CL
         if new != cp.state:
@@ -265,10 +272,15 @@ def bind_dest(cp: Entry, level: KernelLevel) -> None:
     if not cp.inactive:
         dest.activeconns += 1
     dest.totalconns += 1
+    total, u = dest.totalconns, dest.u_threshold
+    # Either level acts only when total reaches u (u=0: no threshold, and total >= 1 here);
+    # testing that first spares the level property (Python code) on almost every bind.
+    if total != u and not (u and total >= u):
+        return
     if level.overload_rework:
-        if dest.totalconns == dest.u_threshold:
+        if total == u:
             update_overload(dest, 1, level)
-    elif dest.u_threshold and dest.totalconns >= dest.u_threshold:
+    elif u and total >= u:
         dest.overloaded = True  # pre-6.1.183: re-set at every bind at or above u
 
 

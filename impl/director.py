@@ -16,6 +16,14 @@ unreferenced (the kernel's 60 s scan frees it between 120 and ~180 s); with ``co
 rescheduled SYN is assumed to carry the old confirmed conntrack entry and is dropped.
 ``reply`` matches like ip_vs_conn_out_get: NAT connections by real-server addr:port as the
 source, other methods by vaddr:vport.
+
+Speed: ``packet`` is the hot path (``lvsconf bench model``). Its tables are keyed on tuples
+with addresses as ints (an ipaddress ``__hash__`` is Python code, ~3x an ``int()``), values the
+path reads from a Service are pre-computed per service, and a Flow's derived values (family,
+packet kind, connection key) are computed once per packet. Every packet still takes the
+kernel's full path: nothing decided for one packet is reused for another. Int keys assume
+what the types imply: a Flow's saddr and daddr, and a service's family and vaddr, are of one
+address family.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import ipaddress
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from ipaddress import IPv4Address
 
 from impl import conn as C
 from impl import sip
@@ -39,16 +48,19 @@ from impl.errors import (
     UnknownSysctl,
 )
 from impl.kernel_level import DEFAULT, KernelLevel
-from impl.lookup import FTPDATA, FTPPORT, find_service, table_key
+from impl.lookup import FTPDATA, FTPPORT, ServiceIndex, table_key
 from impl.scenario import Scenario
 from impl.schedulers.base import DestState, Scheduler, UnknownScheduler
 from impl.types import (
+    IPV4,
+    IPV6,
     Connection,
     Dest,
     Family,
     Flow,
     Fwd,
     IPAddress,
+    PacketKind,
     Proto,
     ProtoTimeouts,
     Service,
@@ -59,10 +71,12 @@ from impl.types import (
 )
 
 SchedulerFactory = Callable[[Service, KernelLevel], Scheduler]
-ConnKey = tuple[Family, Proto, IPAddress, int, IPAddress, int]
+ConnKey = C.ConnKey
+TemplateKey = tuple[Family, Proto, int, int, int]  # see _tkey
 
 TRASH_IDLE = 120.0  # IP_VS_DEST_TRASH_PERIOD: an unreferenced trashed dest is freed after this
 INVALID_PORT = 0xFFFF
+_VERDICTS_MAX = 4096  # interned forward verdicts kept (see Director._forward)
 _SYSCTLS = Sysctls()  # kernel defaults (frozen, so sharing them is safe)
 _TIMEOUTS = ProtoTimeouts()
 
@@ -74,11 +88,30 @@ def _registry_factory(service: Service, level: KernelLevel) -> Scheduler:
     return make_scheduler(service.scheduler, service, level)
 
 
-@dataclass(eq=False, slots=True)
 class _Svc:
-    service: Service
-    dests: list[DestState]
-    scheduler: Scheduler | None  # None: scheduler "none"
+    """A service with its dests and scheduler, plus the Service values the packet path reads,
+    pre-computed by :meth:`bind` (Service properties are Python calls; set ``service`` only
+    through ``bind``)."""
+
+    __slots__ = ("service", "dests", "scheduler", "family", "fwmark", "svc_port", "persistent",
+                 "mask_bits", "ops", "pe", "timeout")
+
+    def __init__(self, service: Service, dests: list[DestState],
+                 scheduler: Scheduler | None) -> None:
+        self.dests = dests
+        self.scheduler = scheduler  # None: scheduler "none"
+        self.bind(service)
+
+    def bind(self, service: Service) -> None:
+        self.service = service
+        self.family = service.family
+        self.fwmark = service.key.fwmark
+        self.svc_port = 0 if self.fwmark else service.key.vport
+        self.persistent = service.persistent
+        self.mask_bits = mask_bits(service)
+        self.ops = service.ops
+        self.pe = service.pe
+        self.timeout = float(service.timeout or 0)
 
 
 @dataclass(eq=False, slots=True)
@@ -96,6 +129,14 @@ def masked(addr: IPAddress, service: Service) -> IPAddress:
     plen = service.mask
     keep = ((1 << plen) - 1) << (128 - plen) if plen else 0
     return ipaddress.IPv6Address(int(addr) & keep)
+
+
+def mask_bits(service: Service) -> int:
+    """The int :func:`masked` ANDs a client address of the service's family with."""
+    if service.family is IPV4:
+        return service.mask & 0xFFFFFFFF
+    plen = service.mask
+    return ((1 << plen) - 1) << (128 - plen) if plen else 0
 
 
 def fwmark_vaddr(family: Family, mark: int) -> IPAddress:
@@ -122,9 +163,12 @@ class Director:
         self.local_addresses: set[IPAddress] = set()
         self._factory = scheduler_factory or _registry_factory
         self._svcs: dict[ServiceKey, _Svc] = {}
+        self._svc_index: ServiceIndex[_Svc] = ServiceIndex()  # the same services, by int keys
         self._conns: dict[ConnKey, Entry] = {}
-        # templates by lookup key; each bucket newest (or most recently re-hashed) first
-        self._tindex: dict[tuple[object, ...], list[Entry]] = {}
+        # templates by lookup key (_tkey); each bucket newest (or most recently re-hashed) first
+        self._tindex: dict[TemplateKey, list[Entry]] = {}
+        # interned forward verdicts (immutable values, checked field by field on every use)
+        self._verdicts: dict[tuple[DestState, int, str], Verdict] = {}
         self._trash: list[_Trashed] = []
         self._timers: list[tuple[float, int, Entry]] = []
         self._seq = itertools.count()
@@ -151,7 +195,9 @@ class Director:
                                 "change it")
         self._check_service(service)
         sched = self._make_scheduler(service)
-        self._svcs[key] = _Svc(service, [], sched)
+        svc = _Svc(service, [], sched)
+        self._svcs[key] = svc
+        self._svc_index.add(key, svc)
         if sched is not None:
             sched.init_service([])
 
@@ -161,7 +207,7 @@ class Director:
         svc = self._svc(service.key)
         self._check_service(service)
         old = svc.service
-        svc.service = service
+        svc.bind(service)
         if service.scheduler != old.scheduler:
             svc.scheduler = self._make_scheduler(service)
             if svc.scheduler is not None:
@@ -178,6 +224,7 @@ class Director:
             self._to_trash(table_key(key), dest, now)
         svc.dests.clear()
         del self._svcs[table_key(key)]
+        self._svc_index.remove(table_key(key))
 
     def add_dest(self, key: ServiceKey, dest: Dest, now: float = 0.0) -> None:
         """New dests and dests revived from the trash go to the head of the list (§3.4)."""
@@ -247,12 +294,15 @@ class Director:
     def packet(self, flow: Flow, now: float) -> Verdict:
         """One packet from a client towards a VIP (ip_vs_in_hook)."""
         now = self._clock(now)
+        # Derived once per packet and handed down (see "Speed" in the module docstring).
+        saddr = flow.saddr
+        family = IPV4 if isinstance(saddr, IPv4Address) else IPV6  # Family.of, minus 2 calls
+        proto = flow.proto
         kind = flow.packet_kind
-        cp = self._conns.get((flow.family, flow.proto, flow.saddr, flow.sport, flow.daddr,
-                              flow.dport))
-        is_new_conn = ((flow.proto is Proto.TCP and kind in ("syn", "synack"))
-                       or (flow.proto is Proto.SCTP and kind == "init"))
-        if cp is not None and is_new_conn:
+        key: ConnKey = (family, proto, int(saddr), flow.sport, int(flow.daddr), flow.dport)
+        cp = self._conns.get(key)
+        if cp is not None and ((proto is Proto.TCP and kind in ("syn", "synack"))
+                               or (proto is Proto.SCTP and kind == "init")):
             # Reschedule rules for a "new connection" packet on an existing entry (§1.2).
             quiesced = (bool(self.sysctls.expire_nodest_conn) and cp.dest is not None
                         and cp.dest.weight == 0)
@@ -275,7 +325,7 @@ class Director:
                 return Verdict("drop", reason="dest removed, confirmed conntrack")
             cp = None
         if cp is None:
-            result = self._try_to_schedule(flow, now)
+            result = self._try_to_schedule(flow, family, kind, key, now)
             if isinstance(result, Verdict):
                 return result
             cp = result
@@ -315,11 +365,18 @@ class Director:
             if e.deadline != deadline or not self._alive(e):
                 continue  # stale heap entry: re-armed or already removed
             self._fire(e, deadline)
-        self._free_trash(now)
+        if self._trash:
+            self._free_trash(now)
         self._now = now
 
     def _clock(self, now: float) -> float:
-        now = max(now, self._now)
+        if now < self._now:
+            now = self._now
+        # Fast path (every packet): no timer due and no trashed dest to age.
+        timers = self._timers
+        if not self._trash and (not timers or timers[0][0] > now):
+            self._now = now
+            return now
         self.expire(now)
         return now
 
@@ -346,64 +403,76 @@ class Director:
         return list(self._conns.values())
 
     # ------------------------------------------------------------------ scheduling path
-    def _try_to_schedule(self, flow: Flow, now: float) -> Entry | Verdict:
-        """ip_vs_try_to_schedule -> pp->conn_schedule (§1.3) -> ip_vs_schedule (§1.5)."""
-        kind = flow.packet_kind
+    def _try_to_schedule(self, flow: Flow, family: Family, kind: PacketKind, key: ConnKey,
+                         now: float) -> Entry | Verdict:
+        """ip_vs_try_to_schedule -> pp->conn_schedule (§1.3) -> ip_vs_schedule (§1.5).
+
+        ``family``, ``kind`` and ``key`` are the packet's, as :meth:`packet` derived them."""
         sc = self.sysctls
-        if flow.proto is Proto.TCP:
+        proto = flow.proto
+        if proto is Proto.TCP:
             if kind == "rst" or not (sc.sloppy_tcp or kind in ("syn", "synack")):
                 return Verdict("local", reason="tcp packet that cannot create a connection")
-        elif flow.proto is Proto.SCTP:
+        elif proto is Proto.SCTP:
             if kind == "abort" or not (sc.sloppy_sctp or kind == "init"):
                 return Verdict("local", reason="sctp chunk that cannot create a connection")
-        elif flow.proto is not Proto.UDP:
-            return Verdict("local", reason=f"protocol {flow.proto.name} is never scheduled")
-        hit = find_service(self._svcs, flow.family, flow.mark, flow.proto, flow.daddr,
-                           flow.dport, sc.ip_unprivileged_port_start)
-        if hit is None:
+        elif proto is not Proto.UDP:
+            return Verdict("local", reason=f"protocol {proto.name} is never scheduled")
+        svc = self._svc_index.find(family, flow.mark, proto, key[4], flow.dport,
+                                   sc.ip_unprivileged_port_start)
+        if svc is None:
             return Verdict("local", reason="no service")
-        svc, _how = hit
         if flow.sport == FTPDATA:
             return Verdict("local", reason="source port 20 is never scheduled")
-        service = svc.service
-        svc_port = 0 if service.key.fwmark else service.key.vport
-        if service.persistent:
-            return self._sched_persist(svc, flow, now)
-        if not service.key.fwmark and flow.dport != svc_port:
-            return self._leave(svc, flow, now, "non-persistent service, vport != service port")
-        dest = svc.scheduler.schedule(svc.dests, flow) if svc.scheduler else None
+        if svc.persistent:
+            return self._sched_persist(svc, flow, family, key, now)
+        if not svc.fwmark and flow.dport != svc.svc_port:
+            return self._leave(svc, flow, key, now,
+                               "non-persistent service, vport != service port")
+        dest = self._schedule(svc, flow, now)
         if dest is None:
-            return self._leave(svc, flow, now, "scheduler found no dest")
-        return self._new_conn(svc, flow, dest, dest.port or flow.dport, None, now)
+            return self._leave(svc, flow, key, now, "scheduler found no dest")
+        return self._new_conn(svc, flow, family, key, dest, dest.port or flow.dport, None)
 
-    def _sched_persist(self, svc: _Svc, flow: Flow, now: float) -> Entry | Verdict:
-        """ip_vs_sched_persist (core.c 253-416, §2)."""
-        service = svc.service
-        fwmark = service.key.fwmark
-        svc_port = 0 if fwmark else service.key.vport
-        snet = masked(flow.saddr, service)
-        proto, vaddr, vport = flow.proto, flow.daddr, 0
+    def _schedule(self, svc: _Svc, flow: Flow, now: float) -> DestState | None:
+        """svc->scheduler->schedule, or no dest with scheduler "none"."""
+        sched = svc.scheduler
+        if sched is None:
+            return None
+        sched.now = now  # lblc/lblcr age their cache entries on the model clock
+        return sched.schedule(svc.dests, flow)
+
+    def _sched_persist(self, svc: _Svc, flow: Flow, family: Family, key: ConnKey,
+                       now: float) -> Entry | Verdict:
+        """ip_vs_sched_persist (core.c 253-416, §2). The template lookup key is built on ints
+        (masked() and fwmark_vaddr() as integer arithmetic); the address objects are made only
+        for a new template."""
+        fwmark = svc.fwmark
+        svc_port = svc.svc_port
+        snet = key[2] & svc.mask_bits  # int(masked(flow.saddr, service))
+        proto, vkey, vport = flow.proto, key[4], 0
         if flow.dport == svc_port:
             if svc_port != FTPPORT:
                 vport = flow.dport
         elif fwmark:
-            proto, vaddr = Proto.IP, fwmark_vaddr(service.family, fwmark)
+            proto, vkey = Proto.IP, fwmark & 0xFFFFFFFF  # _first32(fwmark_vaddr(family, mark))
         pe_data: bytes | None = None
-        if service.pe == "sip":
+        if svc.pe == "sip":
             if flow.proto is not Proto.UDP:
                 return Verdict("drop", reason="sip pe: not UDP")
             pe_data = sip.callid(flow.payload)
             if pe_data is None:
                 return Verdict("drop", reason="sip pe: no Call-ID")
-        ct = self._ct_in_get(service.family, proto, snet, vaddr, vport, pe_data)
+        ct = self._ct_in_get((family, proto, snet, vport, vkey), pe_data)
         if ct is None or not self._check_template(ct):
-            dest = svc.scheduler.schedule(svc.dests, flow) if svc.scheduler else None
+            dest = self._schedule(svc, flow, now)
             if dest is None:
-                return self._leave(svc, flow, now, "scheduler found no dest")
+                return self._leave(svc, flow, key, now, "scheduler found no dest")
             tdport = dest.port if (flow.dport == svc_port and svc_port != FTPPORT) else 0
-            ct = Entry(service.family, proto, snet, 0, vaddr, vport, dest.addr, tdport, dest,
-                       template=True, timeout=float(service.timeout or 0), fwd=dest.fwd,
-                       pe_data=pe_data, pe_name=service.pe or "", fwmark=flow.mark)
+            vaddr = fwmark_vaddr(family, fwmark) if proto is Proto.IP else flow.daddr
+            ct = Entry(family, proto, masked(flow.saddr, svc.service), 0, vaddr, vport,
+                       dest.addr, tdport, dest, template=True, timeout=svc.timeout,
+                       fwd=dest.fwd, pe_data=pe_data, pe_name=svc.pe or "", fwmark=flow.mark)
             C.bind_dest(ct, self.level)
             self._hash_template(ct)
         else:
@@ -412,51 +481,47 @@ class Director:
         dport = flow.dport
         if dport == svc_port and dest.port:
             dport = dest.port
-        cp = self._new_conn(svc, flow, dest, dport, ct, now)
+        cp = self._new_conn(svc, flow, family, key, dest, dport, ct)
         self._put(ct, now)  # the only ingress refresh of a template (core.c 412)
         return cp
 
-    def _leave(self, svc: _Svc, flow: Flow, now: float, why: str) -> Entry | Verdict:
+    def _leave(self, svc: _Svc, flow: Flow, key: ConnKey, now: float,
+               why: str) -> Entry | Verdict:
         """ip_vs_leave (core.c 585, §1.6)."""
-        service = svc.service
-        if (self.sysctls.cache_bypass and service.key.fwmark
+        if (self.sysctls.cache_bypass and svc.fwmark
                 and self._is_nonlocal_unicast(flow.daddr)):
-            ops = service.ops and flow.proto is Proto.UDP
-            cp = Entry(service.family, flow.proto, flow.saddr, flow.sport, flow.daddr,
-                       flow.dport, _zero(service.family), 0, None, template=False,
+            ops = svc.ops and flow.proto is Proto.UDP
+            cp = Entry(svc.family, flow.proto, flow.saddr, flow.sport, flow.daddr,
+                       flow.dport, _zero(svc.family), 0, None, template=False,
                        timeout=3.0, bypass=True, fwmark=flow.mark, ops=ops)
             if not ops:
-                self._hash_conn(cp)
+                self._hash_conn(cp, key)
             return cp
-        svc_port = 0 if service.key.fwmark else service.key.vport
-        if svc_port == FTPPORT and flow.dport != FTPPORT:
+        if svc.svc_port == FTPPORT and flow.dport != FTPPORT:
             return Verdict("local", reason=f"{why}; FTP service, data port goes local")
         return Verdict("unreachable", reason=why)
 
-    def _new_conn(self, svc: _Svc, flow: Flow, dest: DestState, dport: int,
-                  ct: Entry | None, now: float) -> Entry:
+    def _new_conn(self, svc: _Svc, flow: Flow, family: Family, key: ConnKey, dest: DestState,
+                  dport: int, ct: Entry | None) -> Entry:
         """ip_vs_conn_new + ip_vs_bind_dest (+ ip_vs_control_add when ``ct``)."""
-        ops = svc.service.ops and flow.proto is Proto.UDP
-        cp = Entry(flow.family, flow.proto, flow.saddr, flow.sport, flow.daddr, flow.dport,
+        ops = svc.ops and flow.proto is Proto.UDP
+        fwd = dest.fwd
+        cp = Entry(family, flow.proto, flow.saddr, flow.sport, flow.daddr, flow.dport,
                    dest.addr, dport, dest, template=False, timeout=3.0,
-                   nooutput=dest.fwd is not Fwd.NAT, fwd=dest.fwd, fwmark=flow.mark)
-        cp.ops = ops
+                   nooutput=fwd is not Fwd.NAT, fwd=fwd, fwmark=flow.mark, ops=ops)
         C.bind_dest(cp, self.level)
         if ct is not None:
             cp.control = ct
             ct.n_control += 1
         if not ops:  # OPS connections are never hashed (§3.6)
-            self._hash_conn(cp)
+            self._hash_conn(cp, key)
         return cp
 
     # ------------------------------------------------------------------ templates
-    def _ct_in_get(self, family: Family, proto: Proto, caddr: IPAddress, vaddr: IPAddress,
-                   vport: int, pe_data: bytes | None) -> Entry | None:
-        """ip_vs_ct_in_get (conn.c 349): first matching template; sip ct_match with pe_data."""
-        # The index key holds af, proto, caddr, vport and vaddr (only its first 32 bits for
-        # proto IP, i.e. fwmark templates); cport is always 0 for templates.
-        vkey: object = _first32(vaddr) if proto is Proto.IP else vaddr
-        for ct in self._tindex.get((family, proto, caddr, vport, vkey), ()):
+    def _ct_in_get(self, tkey: TemplateKey, pe_data: bytes | None) -> Entry | None:
+        """ip_vs_ct_in_get (conn.c 349): first matching template; sip ct_match with pe_data.
+        ``tkey`` is built like :func:`_tkey`."""
+        for ct in self._tindex.get(tkey, ()):
             if pe_data is not None and ct.pe_data != pe_data:
                 continue  # pe->ct_match: Call-ID bytes and length
             return ct
@@ -488,11 +553,13 @@ class Director:
     def _alive(e: Entry) -> bool:
         return e.linked
 
-    def _hash_conn(self, cp: Entry) -> None:
-        old = self._conns.get(cp.conn_key)
+    def _hash_conn(self, cp: Entry, key: ConnKey) -> None:
+        """``key`` is ``cp.conn_key``, which the packet path already has."""
+        conns = self._conns
+        old = conns.get(key)
         if old is not None:  # a reschedule that could not expire it: shadowed, no timer
             old.linked = False
-        self._conns[cp.conn_key] = cp
+        conns[key] = cp
         cp.linked = True
 
     def _hash_template(self, ct: Entry) -> None:
@@ -574,7 +641,20 @@ class Director:
         if cp.bypass:
             return Verdict("forward", dest=flow.daddr, dport=flow.dport, fwd=None,
                            reason="cache bypass")
-        return Verdict("forward", dest=cp.daddr, dport=cp.dport, fwd=cp.fwd, reason=reason)
+        dest = cp.dest
+        if dest is None:
+            return Verdict("forward", dest=cp.daddr, dport=cp.dport, fwd=cp.fwd, reason=reason)
+        # Interning, not a decision cache: a Verdict is an immutable value, and building one
+        # (a frozen dataclass) costs about as much as a whole table lookup; the one built last
+        # for this dest, port and reason is reused only while its address and method match.
+        k = (dest, cp.dport, reason)
+        v = self._verdicts.get(k)
+        if v is None or v.dest is not cp.daddr or v.fwd is not cp.fwd:
+            if len(self._verdicts) >= _VERDICTS_MAX:
+                self._verdicts.clear()  # bounded: port-0 dests forward to any port
+            v = Verdict("forward", dest=cp.daddr, dport=cp.dport, fwd=cp.fwd, reason=reason)
+            self._verdicts[k] = v
+        return v
 
     def _uses_old_conntrack(self, cp: Entry) -> bool:
         # ip_vs_conn_uses_old_conntrack: only with the conntrack sysctl (NFCT flag); the model
@@ -655,9 +735,11 @@ class Director:
                                 "tunnel forwarding")
 
 
-def _tkey(ct: Entry) -> tuple[object, ...]:
-    vkey: object = _first32(ct.vaddr) if ct.proto is Proto.IP else ct.vaddr
-    return (ct.family, ct.proto, ct.caddr, ct.vport, vkey)
+def _tkey(ct: Entry) -> TemplateKey:
+    """The template index key: af, proto, caddr, vport and vaddr (only its first 32 bits for
+    proto IP, i.e. fwmark templates), addresses as ints; cport is always 0 for templates."""
+    vkey = _first32(ct.vaddr) if ct.proto is Proto.IP else int(ct.vaddr)
+    return (ct.family, ct.proto, int(ct.caddr), ct.vport, vkey)
 
 
 def _first32(addr: IPAddress) -> int:

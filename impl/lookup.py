@@ -9,7 +9,7 @@ port-zero service <af, proto, vaddr, 0>.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from impl.types import Family, IPAddress, Proto, ServiceKey
 
@@ -48,3 +48,46 @@ def table_key(key: ServiceKey) -> ServiceKey:
     if key.fwmark:
         return ServiceKey(key.family, Proto.TCP, None, 0, key.fwmark)
     return key
+
+
+class ServiceIndex(Generic[T]):
+    """The same lookup as :func:`find_service`, for the packet path: services keyed on plain
+    tuples with the vaddr as an int, because building a ``ServiceKey`` (a frozen dataclass) and
+    hashing its ipaddress (``__hash__`` is Python code) cost more than the rest of a lookup.
+    Keep :meth:`find` in step with :func:`find_service` (the Director uses ``find``;
+    harness.casework uses ``find_service``)."""
+
+    def __init__(self) -> None:
+        self._by_mark: dict[tuple[Family, int], T] = {}
+        self._by_addr: dict[tuple[Family, Proto, int, int], T] = {}
+
+    def add(self, key: ServiceKey, value: T) -> None:
+        if key.fwmark:
+            self._by_mark[(key.family, key.fwmark)] = value
+        else:
+            assert key.vaddr is not None  # a service needs a vaddr or a fwmark
+            self._by_addr[(key.family, key.proto, int(key.vaddr), key.vport)] = value
+
+    def remove(self, key: ServiceKey) -> None:
+        if key.fwmark:
+            del self._by_mark[(key.family, key.fwmark)]
+        else:
+            assert key.vaddr is not None
+            del self._by_addr[(key.family, key.proto, int(key.vaddr), key.vport)]
+
+    def find(self, family: Family, mark: int, proto: Proto, vaddr: int, vport: int,
+             unprivileged_port_start: int = 1024) -> T | None:
+        """:func:`find_service` without the "how", ``vaddr`` given as ``int(address)``."""
+        if mark:
+            svc = self._by_mark.get((family, mark))
+            if svc is not None:
+                return svc
+        by_addr = self._by_addr
+        svc = by_addr.get((family, proto, vaddr, vport))
+        if svc is not None:
+            return svc
+        if proto is Proto.TCP and (vport == FTPDATA or vport >= unprivileged_port_start):
+            svc = by_addr.get((family, proto, vaddr, FTPPORT))
+            if svc is not None:
+                return svc
+        return by_addr.get((family, proto, vaddr, 0))

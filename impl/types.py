@@ -45,6 +45,9 @@ class Proto(enum.IntEnum):
     TCP = 6
     UDP = 17
     SCTP = 132
+    # Never scheduled (ipvs-semantics §1.8): a ping to the VIP is answered by the director.
+    ICMP = 1
+    ICMPV6 = 58
 
     @property
     def label(self) -> str:
@@ -187,7 +190,11 @@ class FwmarkRule:
 
 
 # What a packet is, as far as scheduling cares (ipvs-semantics §1.3).
-PacketKind = Literal["syn", "synack", "ack", "fin", "rst", "udp", "init", "abort", "data"]
+PacketKind = Literal["syn", "synack", "ack", "fin", "rst", "udp", "init", "abort", "data",
+                     "echo"]  # echo: ICMP / ICMPv6 echo request (sport = its identifier)
+# Flow.packet_kind when ``kind`` is None: the first packet of a new connection.
+_DEFAULT_KIND: dict[Proto, PacketKind] = {Proto.TCP: "syn", Proto.UDP: "udp", Proto.SCTP: "init",
+                                          Proto.ICMP: "echo", Proto.ICMPV6: "echo"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +223,7 @@ class Flow:
     def packet_kind(self) -> PacketKind:
         if self.kind is not None:
             return self.kind
-        return {Proto.TCP: "syn", Proto.UDP: "udp", Proto.SCTP: "init"}.get(self.proto, "data")  # type: ignore[return-value]
+        return _DEFAULT_KIND.get(self.proto, "data")  # a module constant: read on every packet
 
     def with_mark(self, mark: int) -> Flow:
         return Flow(self.proto, self.saddr, self.sport, self.daddr, self.dport, self.kind, mark,

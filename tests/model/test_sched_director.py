@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 
-import pytest
-
 from impl.director import Director
 from impl.ipvsadm import apply, parse_rules
 from impl.types import Flow, Proto
@@ -53,8 +51,6 @@ def test_sh_through_director_follows_bucket_table() -> None:
         assert str(v.dest) == want
 
 
-@pytest.mark.xfail(strict=True, reason="impl.director does not yet set scheduler.now before "
-                   "schedule(), so lblc/lblcr cache entries never age (asked of the core)")
 def test_lblc_cache_entry_expires_through_director() -> None:
     d = Director()
     apply(d, parse_rules("-A -t 198.19.0.1:80 -s lblc\n-a -t 198.19.0.1:80 -r 198.18.10.11\n"
