@@ -8,10 +8,10 @@ run's own namespaces::
         +--------+   198.18.0.2 / 2001:db8::2        +----------+ DIP 198.18.10.1 / 2001:db8:a::1
         | client |==================================|          |==== bridge ==== rs1 rs2 rs3 ...
         +--------+   198.18.0.1 / 2001:db8::1  (CDIP)| director |
-                                                     +----------+ VIPs 198.19.0.1.. | 2001:db8:f::1..
+                                 +----------+ VIPs 198.19.0.1.. | 2001:db8:f::1.. (director lo)
 
-VIPs are local on the director (kernel IPVS needs LOCAL_IN) and on DR real servers' loopback
-or TUN real servers' tunnel device.
+VIPs are local on the director (kernel IPVS needs LOCAL_IN) and on every real server's loopback
+(DR; and TUN, whose decapsulated packets need a local destination).
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ CLIENT_POOL: dict[Family, IPNetwork] = {
 CLIENT_NETS = 16
 
 #: director <-> real servers segment
-DIP = {IPV4: ipaddress.ip_address("198.18.10.1"), Family.IPV6: ipaddress.ip_address("2001:db8:a::1")}
+DIP = {
+    IPV4: ipaddress.ip_address("198.18.10.1"),
+    Family.IPV6: ipaddress.ip_address("2001:db8:a::1"),
+}
 RS_PREFIX = {IPV4: 24, Family.IPV6: 64}
 
 #: virtual addresses

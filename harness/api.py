@@ -82,6 +82,8 @@ class Implementation(Protocol):
         """A reason when this implementation declares it lacks a feature the scenario needs."""
         ...
 
-    def install(self, net: Net, scenario: Scenario) -> contextlib.AbstractContextManager[DirectorHandle]:
+    def install(
+        self, net: Net, scenario: Scenario
+    ) -> contextlib.AbstractContextManager[DirectorHandle]:
         """Configure the director namespace of ``net`` for ``scenario``; undo on exit."""
         ...

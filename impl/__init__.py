@@ -1,1 +1,4 @@
-"""lvsconf reference implementation: a pure, deterministic model of IPVS (no I/O, clock injected)."""
+"""lvsconf reference implementation: a pure, deterministic model of IPVS.
+
+No I/O and no clock of its own (time is injected), except in the datapath shell (impl.datapath).
+"""

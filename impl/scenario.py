@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from impl.types import Dest, Flow, FwmarkRule, IPAddress, ProtoTimeouts, Service, ServiceKey, Sysctls
+from impl.types import (
+    Dest,
+    Flow,
+    FwmarkRule,
+    IPAddress,
+    ProtoTimeouts,
+    Service,
+    ServiceKey,
+    Sysctls,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,16 +65,16 @@ class Scheduler(abc.ABC):
     def flags(self) -> SvcFlag:
         return self.service.flags
 
-    def init_service(self, dests: list[DestState]) -> None:
+    def init_service(self, dests: list[DestState]) -> None:  # noqa: B027 (optional hook)
         """Called once when the service is created (``dests`` is empty then) or re-bound."""
 
-    def add_dest(self, dests: list[DestState], dest: DestState) -> None:
+    def add_dest(self, dests: list[DestState], dest: DestState) -> None:  # noqa: B027
         """``dest`` was just inserted (at the head) of ``dests``."""
 
-    def del_dest(self, dests: list[DestState], dest: DestState) -> None:
+    def del_dest(self, dests: list[DestState], dest: DestState) -> None:  # noqa: B027
         """``dest`` was just unlinked; ``dests`` no longer contains it."""
 
-    def upd_dest(self, dests: list[DestState], dest: DestState) -> None:
+    def upd_dest(self, dests: list[DestState], dest: DestState) -> None:  # noqa: B027
         """``dest`` was edited in place (any SET_DEST, even with unchanged values)."""
 
     @abc.abstractmethod
