@@ -1,8 +1,9 @@
 """Protocols: which packets schedule, per protocol, and one-packet scheduling (ipvs-semantics
-§1.3, §3.6; §8 case 45 and the SCTP triggers).
+§1.3, §1.8, §3.6; §8 cases 11 and 45 and the SCTP triggers).
 
 TCP triggers are in test_service_lookup.py (``tcp-nonsyn``) and UDP's in ``udp-any``; here are
-the SCTP triggers (kernels with SCTP only) and OPS, which applies to UDP alone.
+ICMP echo (never scheduled), the SCTP triggers (kernels with SCTP only) and OPS, which applies
+to UDP alone.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import ipaddress
 from conformance.rules import rule
 from harness.casework import Case
 from impl.scenario import Scenario, Send, ServiceConfig, SetSysctl
-from impl.types import Dest, Flow, FwmarkRule, PacketKind, Proto, Service, ServiceKey
+from impl.types import IPV4, Dest, Flow, FwmarkRule, PacketKind, Proto, Service, ServiceKey
 
 TCP, UDP, SCTP = Proto.TCP, Proto.UDP, Proto.SCTP
 
@@ -103,6 +104,63 @@ def test_ops_udp_only(case: Case) -> None:
     assert None not in (r.rs(1), r.rs(3)) and r.rs(1) != r.rs(3), (
         f"each UDP datagram is scheduled (rr moves on)\n{r.explain()}"
     )
+
+
+def _ping(case: Case, client_host: int, ident: int, vip_index: int) -> Flow:
+    """An ICMP (IPv4) / ICMPv6 (IPv6) echo request from client ``client_host`` to a VIP;
+    ``ident`` is the echo identifier (a ping has no ports: dport 0)."""
+    proto = Proto.ICMP if case.family is IPV4 else Proto.ICMPV6
+    return case.flow(proto, case.cip(0, client_host), ident, case.vip(vip_index), 0, kind="echo")
+
+
+@rule(
+    "icmp",
+    source="ip_vs_core.c ip_vs_in_hook() 1973-1990: ICMP goes to ip_vs_in_icmp(), "
+    "ip_vs_in_icmp_v6(); ip_vs_in_icmp() 1625-1630 and ip_vs_in_icmp_v6() 1844-1847: an echo "
+    "is not related (only DEST_UNREACH, SOURCE_QUENCH, TIME_EXCEEDED / ICMPv6 errors are); "
+    "ip_vs_in_hook() 1993-2003: no IPVS protocol for ICMP -> NF_ACCEPT (6.12.117)",
+)
+def test_icmp(case: Case) -> None:
+    """A ping to a VIP is answered by the director itself and creates no connection or
+    template: ip_vs_in_icmp treats only ICMP errors as related, and an echo request then finds
+    no IPVS protocol and is accepted to the local stack, which replies. That holds for a VIP
+    with a persistent TCP service and for a VIP a persistent fwmark service covers entirely
+    (the mark is set on the ping too, but no lookup happens). Afterwards the same client's first
+    SYN is scheduled as new and creates the only template (the control)."""
+    fam = case.family
+    web = ServiceKey(fam, TCP, case.vip(0), 80)
+    marked = ServiceKey(fam, fwmark=9)
+    vip1 = case.vip(1)
+    scenario = Scenario(
+        name="icmp",
+        services=(
+            ServiceConfig(Service(web, "rr", timeout=60), three(case)),
+            ServiceConfig(Service(marked, "rr", timeout=60), three(case)),
+        ),
+        # proto None: every packet to VIP1 is marked, the ping included
+        fwmark_rules=(FwmarkRule(9, fam, ipaddress.ip_network(f"{vip1}/{vip1.max_prefixlen}")),),
+        steps=(
+            Send((_ping(case, 1, 4001, 0), _ping(case, 2, 4002, 1), _ping(case, 1, 4001, 0))),
+            Send((case.flow(TCP, case.cip(0, 1), 40001, case.vip(0), 80),)),
+        ),
+    )
+    r = case.run(scenario)
+    r.assert_conforms()
+    assert [o.kind for o in r.observed[:3]] == ["local"] * 3, (
+        f"every ping is answered by the director (echo reply from the VIP)\n{r.explain()}"
+    )
+    assert r.flows[1].mark == 9, f"the fwmark rule marks the ping too\n{r.explain()}"
+    assert r.observed[3].kind == "forward", f"the control SYN is balanced\n{r.explain()}"
+    after_pings = [r.templates_expected[0], r.templates_observed[0]]
+    after_syn = [r.templates_expected[1], r.templates_observed[1]]
+    for table in after_pings:
+        if table is not None:
+            assert table == [], f"a ping creates no template\n{r.explain()}"
+    for table in after_syn:
+        if table is not None:
+            assert [(t.caddr, t.vport) for t in table] == [(case.cip(0, 1), 80)], (
+                f"only the control SYN's template\n{r.explain()}"
+            )
 
 
 def _sctp(case: Case, sport: int, kind: PacketKind) -> Flow:

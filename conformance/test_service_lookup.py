@@ -5,8 +5,8 @@ Which service, if any, a packet reaches: fwmark first (per family), then the exa
 at all; what happens when no dest can take a flow. Every case also checks its own claim on the
 observed outcomes (packets), so a wrong model cannot make a wrong case pass.
 
-Left out here (see conformance/CASES.md): §8 case 7 (source port 20: the traffic engine refuses
-to send it) and case 11 (ICMP echo: a Flow cannot be an ICMP packet).
+Case 7 (source port 20) runs with the traffic engine's explicit opt-in (``allow_ftpdata``: it
+refuses port 20 otherwise); case 11 (ICMP echo) is in test_protocols.py (``icmp``).
 """
 
 from __future__ import annotations
@@ -261,6 +261,65 @@ def test_nonpersist_port0(case: Case) -> None:
     r = case.run(scenario)
     r.assert_conforms()
     assert [o.kind for o in r.observed] == ["unreachable"] * 3, r.explain()
+
+
+@rule(
+    "ftpdata-sport",
+    source="ip_vs_core.c ip_vs_schedule() 453 (*ignored = 1) and 479-483 (cport == FTPDATA: "
+    "'Not scheduling FTPDATA', no connection, so conn_schedule returns NF_ACCEPT) (6.12.117)",
+)
+def test_ftpdata_sport(case: Case) -> None:
+    """A packet from client source port 20 (FTPDATA) is never scheduled: ip_vs_schedule returns
+    no connection with ``ignored = 1`` before any scheduler or template lookup, and the packet
+    goes to the director's own stack (a SYN gets a RST, a UDP datagram an ICMP port
+    unreachable). This holds on a persistent service too, where no template is created for the
+    client. The same services balance the same flows from another source port (the controls)."""
+    fam = case.family
+    web = ServiceKey(fam, TCP, case.vip(0), 80)
+    sticky = ServiceKey(fam, TCP, case.vip(1), 80)
+    dns = ServiceKey(fam, UDP, case.vip(0), 53)
+    dests = (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2)))
+    ftpdata = [case.cip(0, 1), case.cip(0, 2), case.cip(0, 3)]
+    controls = [case.cip(0, 4), case.cip(0, 5), case.cip(0, 6)]
+    scenario = Scenario(
+        name="ftpdata-sport",
+        services=(
+            ServiceConfig(Service(web, "rr"), dests),
+            ServiceConfig(Service(sticky, "rr", timeout=60), dests),
+            ServiceConfig(Service(dns, "rr"), dests),
+        ),
+        steps=(
+            Send(
+                (
+                    case.flow(TCP, ftpdata[0], 20, case.vip(0), 80),
+                    case.flow(TCP, ftpdata[1], 20, case.vip(1), 80),
+                    case.flow(UDP, ftpdata[2], 20, case.vip(0), 53),
+                    case.flow(TCP, controls[0], 40004, case.vip(0), 80),
+                    case.flow(TCP, controls[1], 40005, case.vip(1), 80),
+                    case.flow(UDP, controls[2], 40006, case.vip(0), 53),
+                )
+            ),
+        ),
+    )
+    r = case.run(scenario, allow_ftpdata=True)
+    r.assert_conforms()
+    assert [o.kind for o in r.observed[:3]] == ["local", "local", "unreachable"], (
+        f"source port 20 reaches the director's stack (RST, RST, ICMP port unreachable)\n"
+        f"{r.explain()}"
+    )
+    assert all(r.rs(i) is not None for i in range(3, 6)), (
+        f"the same services balance other source ports\n{r.explain()}"
+    )
+    tables = [r.templates_expected[0]]
+    if r.templates_observed[0] is not None:
+        tables.append(r.templates_observed[0])
+    for table in tables:
+        assert not [t for t in table if t.caddr in ftpdata], (
+            f"no template for a source port 20 client\n{r.explain()}"
+        )
+        assert [t.caddr for t in table] == [controls[1]], (
+            f"exactly the persistent control's template\n{r.explain()}"
+        )
 
 
 @rule(

@@ -18,6 +18,7 @@ Grading (:func:`grade`), strongest first:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections import Counter
@@ -97,7 +98,7 @@ def expected_outcome(verdict: Verdict, flow: Flow) -> Outcome:
     forward: the real server owning the dest address; NAT rewrites the port to the forwarded
     port, DR/TUN keep the packet's (and its VIP). local: TCP and SCTP are answered by the
     director's stack (RST / ABORT) unless the packet is itself a RST / ABORT (then nothing
-    comes back: dropped), UDP gets the stack's ICMP port unreachable.
+    comes back: dropped), UDP gets the stack's ICMP port unreachable, a ping its echo reply.
     """
     if verdict.kind == "forward":
         assert verdict.dest is not None, "forward verdict without a dest"
@@ -515,10 +516,12 @@ def _default_model_factory(scenario: Scenario, level: KernelLevel) -> Model:
     return Director.from_scenario(scenario, level)
 
 
-def _default_traffic(net: Net, flows: Sequence[Flow], mode: SendMode) -> list[Outcome]:
+def _default_traffic(
+    net: Net, flows: Sequence[Flow], mode: SendMode, *, allow_ftpdata: bool = False
+) -> list[Outcome]:
     from harness.traffic.engine import run
 
-    return [r.outcome for r in run(net, list(flows), mode=mode)]
+    return [r.outcome for r in run(net, list(flows), mode=mode, allow_ftpdata=allow_ftpdata)]
 
 
 def scheduler_is_exact(service: Service, level: KernelLevel) -> bool:
@@ -555,6 +558,7 @@ class Case:
         self.level = level
         self._net_provider = net_provider
         self._traffic = traffic
+        self._sending: TrafficFn = traffic  # what this run sends with (see run's allow_ftpdata)
         self._model_factory = model_factory
         self._sleep = sleep
         self._advance_slack = advance_slack
@@ -588,8 +592,17 @@ class Case:
     def result(self) -> CaseResult | None:
         return self.results[-1] if self.results else None
 
-    def run(self, scenario: Scenario) -> CaseResult:
-        """Run ``scenario`` on the implementation and on the model, step by step, and grade."""
+    def run(self, scenario: Scenario, *, allow_ftpdata: bool = False) -> CaseResult:
+        """Run ``scenario`` on the implementation and on the model, step by step, and grade.
+
+        ``allow_ftpdata``: the traffic engine sends source port 20, which it refuses by default
+        (IPVS never schedules it, ipvs-semantics §1.5); only the case about that rule asks.
+        An injected traffic function (the runner's own tests) is not the engine and is used
+        as it is.
+        """
+        self._sending = self._traffic
+        if allow_ftpdata and self._traffic is _default_traffic:
+            self._sending = functools.partial(_default_traffic, allow_ftpdata=True)
         reason = self.impl.unsupported(scenario)
         if reason:
             self.unsupported_reason = reason
@@ -678,7 +691,7 @@ class Case:
                 raise TypeError(f"scenario {scenario.name}: unknown step {step!r}")
 
     def _send(self, net: Net, flows: Sequence[Flow], mode: SendMode) -> list[Outcome]:
-        outcomes = self._traffic(net, flows, mode)
+        outcomes = self._sending(net, flows, mode)
         if len(outcomes) != len(flows):
             raise RuntimeError(
                 f"traffic engine returned {len(outcomes)} outcomes for {len(flows)} flows"

@@ -5,8 +5,8 @@ the template table and the dest trash, and answers, packet by packet, what kerne
 (or the stable level given by :class:`KernelLevel`) does with it. The clock is injected: every
 call takes ``now`` (float seconds) and first runs the timers up to ``now``.
 
-Out of scope, by design: ICMP (echo is answered by the director and never scheduled; related
-ICMP errors with ``schedule_icmp`` are not modelled, a Flow is always TCP/UDP/SCTP), AH/ESP,
+ICMP: an echo request is answered by the director's own stack and never scheduled
+(:mod:`impl.icmp`). Out of scope, by design: related ICMP errors (and ``schedule_icmp``), AH/ESP,
 fragments (a datagram is one packet), the FTP helper's NO_CPORT connections, sync daemons and
 the memory-pressure defences (drop_entry, drop_packet, secure_tcp).
 
@@ -47,6 +47,7 @@ from impl.errors import (
     ServiceExists,
     UnknownSysctl,
 )
+from impl.icmp import ECHO_LOCAL, icmp_verdict
 from impl.kernel_level import DEFAULT, KernelLevel
 from impl.lookup import FTPDATA, FTPPORT, ServiceIndex, table_key
 from impl.scenario import Scenario
@@ -298,6 +299,8 @@ class Director:
         saddr = flow.saddr
         family = IPV4 if isinstance(saddr, IPv4Address) else IPV6  # Family.of, minus 2 calls
         proto = flow.proto
+        if proto is Proto.ICMP or proto is Proto.ICMPV6:
+            return icmp_verdict(flow) or ECHO_LOCAL  # never scheduled, touches no state (§1.8)
         kind = flow.packet_kind
         key: ConnKey = (family, proto, int(saddr), flow.sport, int(flow.daddr), flow.dport)
         cp = self._conns.get(key)

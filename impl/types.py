@@ -184,9 +184,7 @@ class FwmarkRule:
             return False
         if self.proto is not None and flow.proto is not self.proto:
             return False
-        if self.dports is not None and not self.dports[0] <= flow.dport <= self.dports[1]:
-            return False
-        return True
+        return self.dports is None or self.dports[0] <= flow.dport <= self.dports[1]
 
 
 # What a packet is, as far as scheduling cares (ipvs-semantics §1.3).
@@ -235,7 +233,8 @@ class Flow:
 
         kind = f" {self.kind}" if self.kind is not None else ""
         mark = f" mark={self.mark}" if self.mark else ""
-        return f"{self.proto.label} {ep(self.saddr, self.sport)} -> {ep(self.daddr, self.dport)}{kind}{mark}"
+        src, dst = ep(self.saddr, self.sport), ep(self.daddr, self.dport)
+        return f"{self.proto.label} {src} -> {dst}{kind}{mark}"
 
 
 VerdictKind = Literal["forward", "unreachable", "drop", "local"]

@@ -34,7 +34,10 @@ RCVBUF: Final = 32 * 1024 * 1024
 
 #: what a real server's observer keeps: transport packets and tunnels (TUN)
 RS_PROTOS: Final = (6, 17, 132, IPPROTO_IPIP, IPPROTO_IPV6)
-#: what the client's observer keeps: RSTs, ABORTs, ICMP errors
+#: plus ICMP: an echo request to the VIP that reaches a real server was forwarded (wrong, §1.8)
+RS_PROTOS_V4: Final = (*RS_PROTOS, IPPROTO_ICMP)
+RS_PROTOS_V6: Final = (*RS_PROTOS, IPPROTO_ICMPV6)
+#: what the client's observer keeps: RSTs, ABORTs, ICMP errors and echo replies
 CLIENT_PROTOS_V4: Final = (6, 132, IPPROTO_ICMP)
 CLIENT_PROTOS_V6: Final = (6, 132, IPPROTO_ICMPV6)
 
@@ -151,10 +154,12 @@ class Capture:
 
 
 def rs_capture(node: Node, ifname: str, index: int) -> Capture:
-    """Real server ``index``'s observer: transport packets and tunnels arriving on ``ifname``."""
-    return Capture(node, ifname, bpf_program(RS_PROTOS, RS_PROTOS), index)
+    """Real server ``index``'s observer: transport packets, ICMP(v6) (the parser keeps only
+    echo requests) and tunnels arriving on ``ifname``."""
+    return Capture(node, ifname, bpf_program(RS_PROTOS_V4, RS_PROTOS_V6), index)
 
 
 def client_capture(node: Node, ifname: str) -> Capture:
-    """The client's observer: answers (RST, ABORT, ICMP errors) arriving on ``ifname``."""
+    """The client's observer: answers (RST, ABORT, ICMP errors, echo replies) arriving on
+    ``ifname``."""
     return Capture(node, ifname, bpf_program(CLIENT_PROTOS_V4, CLIENT_PROTOS_V6), None)

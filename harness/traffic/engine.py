@@ -6,7 +6,8 @@ What is observed, per flow (first observation wins, a forwarded copy beats an an
   ``encapsulated=True``); ``addr``/``port`` are the destination it arrived with (NAT: the
   rewritten one; DR and TUN: the VIP);
 - ``unreachable``: an ICMP / ICMPv6 port unreachable embedding the flow reached the client;
-- ``local``: the director's own stack answered: a TCP RST or SCTP ABORT for the flow;
+- ``local``: the director's own stack answered: a TCP RST or SCTP ABORT for the flow, or the
+  echo reply to a ping (an ICMP/ICMPv6 echo request, kind ``echo``);
 - ``dropped``: none of these within ``bound`` seconds.
 
 Why a forwarded copy beats an answer: a real server may answer a stray SYN with a RST that
@@ -300,7 +301,8 @@ def make_stamps(flows: Sequence[Flow]) -> list[Stamp]:
     return out
 
 
-def _validate(net: Net, flows: Sequence[Flow], mode: str, bound: float) -> None:
+def _validate(net: Net, flows: Sequence[Flow], mode: str, bound: float,
+              allow_ftpdata: bool = False) -> None:
     if mode not in ("ordered", "batch"):
         raise TrafficError(f"mode {mode!r} is unknown; use 'ordered' or 'batch'")
     if not bound > 0:
@@ -308,7 +310,7 @@ def _validate(net: Net, flows: Sequence[Flow], mode: str, bound: float) -> None:
     families = net.topology.families
     seen: set[tuple[int, object, int]] = set()
     for flow in flows:
-        check_flow(flow)
+        check_flow(flow, allow_ftpdata=allow_ftpdata)
         if flow.family not in families:
             raise TrafficError(f"{flow}: the topology has no {flow.family.label}; "
                                f"build it with families including {flow.family.name}")
@@ -392,17 +394,19 @@ class Session:
 
 
 def run_report(net: Net, flows: Iterable[Flow], mode: Mode = "ordered", bound: float | None = None,
-               *, settle: float = 0.0, quiet: bool = True) -> Report:
+               *, settle: float = 0.0, quiet: bool = True, allow_ftpdata: bool = False) -> Report:
     """Send ``flows`` into ``net`` and report what happened to each (see the module docstring).
 
     ``bound``: seconds to wait for a sign of a flow before calling it dropped (default
     :data:`DEFAULT_BOUND`, times the slowdown factor). ``settle``: seconds to keep watching
     after the last flow is resolved (times the slowdown), to catch duplicate copies.
+    ``allow_ftpdata``: send source port 20 too (refused by default: IPVS never schedules it,
+    ipvs-semantics §1.5, so only a case about that rule means to send it).
     """
     flows = list(flows)
     factor = slowdown()
     wait = (DEFAULT_BOUND if bound is None else bound) * factor
-    _validate(net, flows, mode, wait)
+    _validate(net, flows, mode, wait, allow_ftpdata)
     if quiet:
         quiet_endpoints(net)
     stamps = make_stamps(flows)
@@ -436,9 +440,12 @@ def run_report(net: Net, flows: Iterable[Flow], mode: Mode = "ordered", bound: f
 
 
 def run(net: Net, flows: Iterable[Flow], mode: Mode = "ordered", bound: float | None = None,
-        *, settle: float = 0.0, quiet: bool = True) -> list[FlowResult]:
-    """Send ``flows`` and return one :class:`FlowResult` per flow, in order."""
-    return run_report(net, flows, mode, bound, settle=settle, quiet=quiet).results
+        *, settle: float = 0.0, quiet: bool = True, allow_ftpdata: bool = False
+        ) -> list[FlowResult]:
+    """Send ``flows`` and return one :class:`FlowResult` per flow, in order (``allow_ftpdata``:
+    see :func:`run_report`)."""
+    return run_report(net, flows, mode, bound, settle=settle, quiet=quiet,
+                      allow_ftpdata=allow_ftpdata).results
 
 
 __all__ = ["FlowResult", "Report", "Mode", "run", "run_report", "slowdown", "quiet_endpoints",

@@ -16,6 +16,15 @@ and its ACK follow-up:
   ``ack = seq + len`` (segment without ACK) or ``seq = ack`` (segment with ACK), RFC 9293 3.10.7.1.
 - ``vtag``: SCTP initiate tag (INIT) or verification tag (other chunks); an ABORT answering an
   out-of-the-blue packet carries it (RFC 9260 8.4).
+
+ICMP echo (``Proto.ICMP`` on IPv4, ``Proto.ICMPV6`` on IPv6, kind ``echo``): ``Flow.sport`` is
+the echo identifier, ``Flow.dport`` must be 0, and the sequence number comes from the stamp
+(:func:`echo_seq`). The echo reply (RFC 792, RFC 4443 4.2) copies identifier and sequence, so
+a reply from the director's own stack is matched to exactly one flow, like a RST.
+
+Source port 20 is refused unless the caller opts in with ``allow_ftpdata=True``: IPVS never
+schedules it (ipvs-semantics §1.5), so a generator must not pick it by accident; only a case
+about that rule sends it.
 """
 
 from __future__ import annotations
@@ -45,7 +54,16 @@ _KINDS_BY_PROTO: Final[dict[Proto, frozenset[str]]] = {
     Proto.TCP: frozenset(_TCP_KINDS),
     Proto.UDP: frozenset({"udp"}),
     Proto.SCTP: frozenset({"init", "abort", "data"}),
+    Proto.ICMP: frozenset({"echo"}),
+    Proto.ICMPV6: frozenset({"echo"}),
 }
+#: the ICMP protocol each family's echo uses
+_ECHO_PROTO: Final[dict[Family, Proto]] = {Family.IPV4: Proto.ICMP, Family.IPV6: Proto.ICMPV6}
+#: echo request / echo reply types (RFC 792; RFC 4443 4.1, 4.2)
+ICMP_ECHO_REQUEST: Final = 8
+ICMP_ECHO_REPLY: Final = 0
+ICMPV6_ECHO_REQUEST: Final = 128
+ICMPV6_ECHO_REPLY: Final = 129
 
 
 class TrafficError(ValueError):
@@ -68,23 +86,43 @@ def check_stamp(flow: Flow, stamp: Stamp) -> None:
         raise TrafficError(f"{flow}: iptag {stamp.iptag:#x} does not fit the {field}")
 
 
-def check_flow(flow: Flow) -> None:
-    """Refuse a flow the engine cannot send meaningfully, with one line saying how to fix it."""
+def echo_seq(stamp: Stamp) -> int:
+    """The ICMP echo sequence number of a stamp: 16 bits that differ between the flows of one
+    run (:func:`harness.traffic.engine.make_stamps` steps ``seq`` by 0x20000 per flow)."""
+    return (stamp.seq >> 16) & 0xFFFF
+
+
+def check_flow(flow: Flow, *, allow_ftpdata: bool = False) -> None:
+    """Refuse a flow the engine cannot send meaningfully, with one line saying how to fix it.
+
+    ``allow_ftpdata``: send source port 20 all the same (a case about ipvs-semantics §1.5)."""
     if flow.proto not in _KINDS_BY_PROTO:
         raise TrafficError(
-            f"{flow}: protocol {flow.proto.name} cannot be sent; use TCP, UDP or SCTP")
+            f"{flow}: protocol {flow.proto.name} cannot be sent; use TCP, UDP, SCTP, or "
+            "ICMP/ICMPV6 echo")
     if flow.saddr.version != flow.daddr.version:
         raise TrafficError(f"{flow}: source and destination families differ; use one family")
+    if flow.proto in (Proto.ICMP, Proto.ICMPV6):
+        want = _ECHO_PROTO[flow.family]
+        if flow.proto is not want:
+            raise TrafficError(
+                f"{flow}: {flow.proto.name} is not the {flow.family.label} echo protocol; "
+                f"use Proto.{want.name}")
+        if flow.dport != 0:
+            raise TrafficError(
+                f"{flow}: an ICMP echo has no destination port; use dport=0 (sport is the "
+                "echo identifier)")
     pool = CLIENT_POOL[flow.family]
     if flow.saddr not in pool:
         raise TrafficError(
             f"{flow}: source {flow.saddr} is outside the client pool {pool}; "
             "pick one with harness.addresses.cip()"
         )
-    if flow.sport == 20:
+    if flow.sport == 20 and not allow_ftpdata and flow.proto in (Proto.TCP, Proto.UDP,
+                                                                   Proto.SCTP):
         raise TrafficError(
             f"{flow}: source port 20 is never scheduled by IPVS (FTP data, ipvs-semantics §1.5); "
-            "pick another source port"
+            "pick another source port (a case about that rule passes allow_ftpdata=True)"
         )
     if not 1 <= flow.sport <= 65535 or not 0 <= flow.dport <= 65535:
         raise TrafficError(f"{flow}: ports must be 1..65535 (source) and 0..65535 (destination)")
@@ -94,19 +132,25 @@ def check_flow(flow: Flow) -> None:
             f"{flow}: kind {flow.packet_kind!r} is not a {flow.proto.name} packet; use {allowed}")
 
 
-def build_ip_scapy(flow: Flow, stamp: Stamp) -> bytes:
+def build_ip_scapy(flow: Flow, stamp: Stamp, *, allow_ftpdata: bool = False) -> bytes:
     """The IP packet for ``flow``, built layer by layer by scapy: the reference for
     :func:`build_ip` (the tests require both to give the same bytes)."""
-    from scapy.layers.inet import IP, TCP, UDP
-    from scapy.layers.inet6 import IPv6
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
     from scapy.layers.sctp import SCTP, SCTPChunkAbort, SCTPChunkData, SCTPChunkInit
     from scapy.packet import Packet, Raw
 
-    check_flow(flow)
+    check_flow(flow, allow_ftpdata=allow_ftpdata)
     check_stamp(flow, stamp)
     kind = flow.packet_kind
     l4: Packet
-    if flow.proto is Proto.TCP:
+    if flow.proto is Proto.ICMP:
+        l4 = ICMP(type=ICMP_ECHO_REQUEST, id=flow.sport, seq=echo_seq(stamp)) / Raw(
+            flow.payload or DEFAULT_DATA)
+    elif flow.proto is Proto.ICMPV6:
+        l4 = ICMPv6EchoRequest(id=flow.sport, seq=echo_seq(stamp),
+                               data=flow.payload or DEFAULT_DATA)
+    elif flow.proto is Proto.TCP:
         flags = _TCP_KINDS[kind]
         l4 = TCP(sport=flow.sport, dport=flow.dport, flags=flags, seq=stamp.seq,
                  ack=stamp.ack if "A" in flags else 0, window=65535)
@@ -139,6 +183,7 @@ _pack_ip6 = struct.Struct("!IHBB16s16s").pack
 _pack_tcp = struct.Struct("!HHIIBBHHH").pack
 _pack_udp = struct.Struct("!HHHH").pack
 _pack_sctp = struct.Struct("!HHII").pack
+_pack_echo = struct.Struct("!BBHHH").pack
 
 
 def _payload_checksum(family: Family, saddr: bytes, daddr: bytes, proto: int,
@@ -153,7 +198,8 @@ def _payload_checksum(family: Family, saddr: bytes, daddr: bytes, proto: int,
     return checksum(pseudo + segment)
 
 
-def build_ip(flow: Flow, stamp: Stamp, *, checked: bool = False) -> bytes:
+def build_ip(flow: Flow, stamp: Stamp, *, checked: bool = False,
+             allow_ftpdata: bool = False) -> bytes:
     """The IP packet for ``flow``: the same bytes as :func:`build_ip_scapy` (same fields, same
     defaults; checksums by scapy's own checksum functions) at a fraction of the cost.
 
@@ -164,12 +210,20 @@ def build_ip(flow: Flow, stamp: Stamp, *, checked: bool = False) -> bytes:
     from scapy.utils import checksum
 
     if not checked:  # the engine validates a whole run up front
-        check_flow(flow)
+        check_flow(flow, allow_ftpdata=allow_ftpdata)
         check_stamp(flow, stamp)
     kind = flow.packet_kind
     saddr, daddr = flow.saddr.packed, flow.daddr.packed
     proto = int(flow.proto)
-    if flow.proto is Proto.TCP:
+    if flow.proto is Proto.ICMP or flow.proto is Proto.ICMPV6:
+        v4 = flow.proto is Proto.ICMP
+        data = flow.payload or DEFAULT_DATA
+        msg = _pack_echo(ICMP_ECHO_REQUEST if v4 else ICMPV6_ECHO_REQUEST, 0, 0, flow.sport,
+                         echo_seq(stamp)) + data
+        # ICMP sums the message alone (RFC 792), ICMPv6 adds the pseudo-header (RFC 4443 2.3)
+        ck = checksum(msg) if v4 else _payload_checksum(flow.family, saddr, daddr, proto, msg)
+        l4 = msg[:2] + struct.pack("!H", ck) + msg[4:]
+    elif flow.proto is Proto.TCP:
         flags = _TCP_KINDS[kind]
         bits = sum(_TCP_FLAG_BITS[c] for c in flags)
         data = flow.payload or (DEFAULT_DATA if kind == "data" else b"")
@@ -221,9 +275,10 @@ def ethernet_header(family: Family, src_mac: bytes, dst_mac: bytes) -> bytes:
 
 
 def build_frame(flow: Flow, stamp: Stamp, src_mac: bytes, dst_mac: bytes, *,
-                checked: bool = False) -> bytes:
+                checked: bool = False, allow_ftpdata: bool = False) -> bytes:
     """The Ethernet frame for ``flow``, ready for an AF_PACKET send."""
-    return ethernet_header(flow.family, src_mac, dst_mac) + build_ip(flow, stamp, checked=checked)
+    return ethernet_header(flow.family, src_mac, dst_mac) + build_ip(
+        flow, stamp, checked=checked, allow_ftpdata=allow_ftpdata)
 
 
 def encapsulate(inner: bytes, outer_src: ipaddress.IPv4Address | ipaddress.IPv6Address,
@@ -247,6 +302,8 @@ ForwardKey = tuple[int, bytes, int, str, int]
 AnswerKey = tuple[int, bytes, int, str, int]
 #: what an answer at the client means (harness.api OutcomeKind)
 AnswerOutcome = Literal["unreachable", "local"]
+#: the ``what`` of an echo reply's :data:`AnswerKey` (its value is the echo sequence number)
+ECHO_REPLY: Final = "echo-reply"
 
 
 class Seen(NamedTuple):
@@ -317,6 +374,10 @@ def _l4(buf: bytes, proto: int, off: int, end: int) -> tuple[int, int, str] | No
             return None
         chunk = buf[off + 12]
         return sport, dport, {1: "init", 6: "abort", 0: "data"}.get(chunk, f"sctp{chunk}")
+    if (proto == IPPROTO_ICMP and buf[off] == ICMP_ECHO_REQUEST) or (
+            proto == IPPROTO_ICMPV6 and buf[off] == ICMPV6_ECHO_REQUEST):
+        # an echo request: (identifier, no port); other ICMP (errors, ND, MLD) is not ours
+        return _unpack_h(buf, off + 4)[0], 0, "echo"
     return None
 
 
@@ -398,8 +459,9 @@ def parse_frame(frame: bytes) -> Seen | None:
 
 
 def parse_answer(frame: bytes) -> AnswerKey | None:
-    """Parse a frame arriving at the client: a TCP RST, an SCTP ABORT or an ICMP(v6) port
-    unreachable. Returns the key :func:`answer_keys` predicts for the flow it answers."""
+    """Parse a frame arriving at the client: a TCP RST, an SCTP ABORT, an ICMP(v6) port
+    unreachable or an ICMP(v6) echo reply. Returns the key :func:`answer_keys` predicts for the
+    flow it answers."""
     if len(frame) < 34:
         return None
     ethertype = _unpack_h(frame, 12)[0]
@@ -429,6 +491,10 @@ def parse_answer(frame: bytes) -> AnswerKey | None:
         if frame[l4 + 12] != 6:
             return None
         return (132, daddr, _unpack_h(frame, l4 + 2)[0], "abort", _unpack_i(frame, l4 + 4)[0])
+    if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6) and len(frame) >= l4 + 8 and (
+            frame[l4] == (ICMP_ECHO_REPLY if proto == IPPROTO_ICMP else ICMPV6_ECHO_REPLY)):
+        ident, seq = _unpack_hh(frame, l4 + 4)
+        return (proto, daddr, ident, ECHO_REPLY, seq)
     if proto == IPPROTO_ICMP and len(frame) >= l4 + 8 + 28:
         if frame[l4] != 3 or frame[l4 + 1] != 3:
             return None
@@ -458,6 +524,9 @@ def forward_key(flow: Flow, stamp: Stamp) -> ForwardKey:
 def answer_keys(flow: Flow, stamp: Stamp) -> tuple[tuple[AnswerKey, AnswerOutcome], ...]:
     """The keys an answer to ``flow`` at the client parses to, with the outcome each means."""
     saddr = flow.saddr.packed
+    if flow.proto is Proto.ICMP or flow.proto is Proto.ICMPV6:
+        # only an echo reply answers a ping (no ICMP error is about an echo request here)
+        return (((int(flow.proto), saddr, flow.sport, ECHO_REPLY, echo_seq(stamp)), "local"),)
     keys: list[tuple[AnswerKey, AnswerOutcome]] = [
         ((int(flow.proto), saddr, flow.sport, "unreachable", stamp.iptag), "unreachable")
     ]

@@ -281,3 +281,40 @@ def test_quiet_endpoints_keep_real_servers_from_answering_stray_syns(fresh_net: 
             assert _rst_count_within(capture, 2.0, want=3) == 3
         finally:
             quiet_endpoints(fresh_net)
+
+
+def _pings(net_no: int, count: int) -> list[Flow]:
+    return [Flow(Proto.ICMP if fam is IPV4 else Proto.ICMPV6, cip(fam, net_no, 1 + j), 300 + j,
+                 vip(fam, 0), 0, "echo") for fam in (IPV4, IPV6) for j in range(count)]
+
+
+@pytest.mark.parametrize("mode", ["ordered", "batch"])
+def test_a_ping_the_director_answers_is_local(fresh_net: Net, mode: Mode) -> None:
+    """No balancer, VIP local: the director's stack sends the echo reply (``local``); a second
+    ping with the same identifier is matched by its own sequence number."""
+    flows = _pings(9, 2)
+    again = [flows[0]] if mode == "ordered" else []  # a batch needs unique (saddr, identifier)
+    results = run(fresh_net, flows + again, mode)
+    assert [r.outcome.kind for r in results] == ["local"] * len(flows + again), [
+        str(r) for r in results]
+    assert all(r.seen_at == () for r in results)
+
+
+def test_a_ping_routed_to_a_real_server_is_forward(fresh_net: Net) -> None:
+    """The real server's capture sees the echo request (and its own reply, which also reaches
+    the client, does not change the outcome)."""
+    route_vip_to(fresh_net, 1)
+    results = run(fresh_net, _pings(10, 2), settle=0.1)
+    for r in results:
+        o = r.outcome
+        assert (o.kind, o.rs, o.addr, o.port, r.seen_at) == (
+            "forward", 1, r.flow.daddr, 0, (1,)), str(r)
+
+
+def test_source_port_20_is_sent_when_asked(fresh_net: Net) -> None:
+    """With ``allow_ftpdata`` the engine sends source port 20: the director's stack (no
+    balancer) answers the SYN with a RST and the datagram with a port unreachable."""
+    flows = [Flow(p, cip(fam, 11, 1), 20, vip(fam, 0), 80) for fam in (IPV4, IPV6)
+             for p in (Proto.TCP, Proto.UDP)]
+    results = run(fresh_net, flows, allow_ftpdata=True)
+    assert [r.outcome.kind for r in results] == ["local", "unreachable"] * 2

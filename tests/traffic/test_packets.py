@@ -6,7 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP
-from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
+from scapy.layers.inet6 import (
+    ICMPv6DestUnreach,
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    ICMPv6ND_NS,
+    IPv6,
+)
 from scapy.layers.l2 import Ether
 from scapy.layers.sctp import SCTP, SCTPChunkAbort
 from scapy.packet import Packet
@@ -20,6 +26,7 @@ from harness.traffic.packets import (
     build_ip,
     build_ip_scapy,
     check_flow,
+    echo_seq,
     encapsulate,
     forward_key,
     parse_answer,
@@ -195,3 +202,116 @@ def test_fast_frame_parser_agrees_with_the_general_one(
     assert parse_frame(frame) == parse_ip(frame, 14)
     assert parse_frame(frame) is not None
     assert parse_frame(frame).key == forward_key(f, Stamp(tag, 7, 8, 9))  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- ICMP echo
+
+
+def echo(family: Family, ident: int = 4711, payload: bytes = b"") -> Flow:
+    proto = Proto.ICMP if family is IPV4 else Proto.ICMPV6
+    return Flow(proto, cip(family, 3, 7), ident, vip(family, 1), 0, "echo", 0, payload)
+
+
+def _echo_reply(f: Flow, ident: int, seq: int, src: str | None = None) -> bytes:
+    src = src or str(f.daddr)
+    if f.family is IPV4:
+        return bytes(Ether(src=MAC_B, dst=MAC_A) / IP(src=src, dst=str(f.saddr))
+                     / ICMP(type=0, id=ident, seq=seq) / b"lvsconf\n")
+    return bytes(Ether(src=MAC_B, dst=MAC_A) / IPv6(src=src, dst=str(f.saddr))
+                 / ICMPv6EchoReply(id=ident, seq=seq, data=b"lvsconf\n"))
+
+
+@pytest.mark.parametrize("family", [IPV4, IPV6], ids=["v4", "v6"])
+def test_echo_request_is_built_and_parses_back_to_its_forward_key(family: Family) -> None:
+    f = echo(family)
+    assert f.packet_kind == "echo"
+    frame = build_frame(f, STAMP, MAC_A, MAC_B)
+    seen = parse_frame(frame)
+    assert seen is not None and seen.key == forward_key(f, STAMP)
+    assert (seen.kind, seen.sport, seen.dport) == ("echo", 4711, 0)
+    # scapy reads an echo request with our identifier and sequence, and a valid checksum
+    again = Ether(frame)
+    cls = ICMP if family is IPV4 else ICMPv6EchoRequest
+    assert (again[cls].id, again[cls].seq) == (4711, echo_seq(STAMP))
+    field = "chksum" if family is IPV4 else "cksum"  # scapy's names differ
+    recomputed = again.copy()
+    setattr(recomputed[cls], field, None)  # scapy fills it in (IPv6: with the pseudo-header)
+    assert getattr(Ether(bytes(recomputed))[cls], field) == getattr(again[cls], field)
+
+
+@pytest.mark.parametrize("family", [IPV4, IPV6], ids=["v4", "v6"])
+def test_echo_reply_from_the_vip_is_matched_as_local(family: Family) -> None:
+    f = echo(family)
+    key = parse_answer(_echo_reply(f, 4711, echo_seq(STAMP)))
+    assert key is not None
+    assert (key, "local") in answer_keys(f, STAMP)
+    # another flow's reply (other sequence, other identifier) must not match
+    assert parse_answer(_echo_reply(f, 4711, echo_seq(STAMP) ^ 1)) not in dict(
+        answer_keys(f, STAMP))
+    assert parse_answer(_echo_reply(f, 4712, echo_seq(STAMP))) not in dict(answer_keys(f, STAMP))
+
+
+def test_echo_sequence_differs_between_the_flows_of_a_run() -> None:
+    from harness.traffic.engine import make_stamps
+
+    flows = [echo(IPV4)] * 500
+    assert len({echo_seq(s) for s in make_stamps(flows)}) == 500
+
+
+@pytest.mark.parametrize("family", [IPV4, IPV6], ids=["v4", "v6"])
+def test_other_icmp_at_a_real_server_is_not_a_flow(family: Family) -> None:
+    """Echo replies, neighbour discovery and errors reach real servers too: not ours."""
+    f = echo(family)
+    assert parse_frame(_echo_reply(f, 4711, 1)) is None
+    if family is IPV6:
+        ns = Ether() / IPv6(src=str(f.saddr), dst="ff02::1:ff00:1") / ICMPv6ND_NS(tgt=str(f.daddr))
+        assert parse_frame(bytes(ns)) is None
+    else:
+        err = Ether() / IP(src=str(f.saddr), dst=str(f.daddr)) / ICMP(type=3, code=1) / IP()
+        assert parse_frame(bytes(err)) is None
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (Flow(Proto.ICMP, cip(IPV6), 7, vip(IPV6), 0, "echo"), "use Proto.ICMPV6"),
+    (Flow(Proto.ICMPV6, cip(IPV4), 7, vip(IPV4), 0, "echo"), "use Proto.ICMP"),
+    (Flow(Proto.ICMP, cip(IPV4), 7, vip(IPV4), 80, "echo"), "use dport=0"),
+    (Flow(Proto.ICMP, cip(IPV4), 7, vip(IPV4), 0, "syn"), "not a ICMP packet; use echo"),
+    (Flow(Proto.ICMP, cip(IPV4), 0, vip(IPV4), 0, "echo"), "ports must be"),
+])
+def test_bad_echo_flows_get_one_line_naming_the_problem(bad: Flow, message: str) -> None:
+    with pytest.raises(TrafficError, match=message) as info:
+        check_flow(bad)
+    assert "\n" not in str(info.value)
+
+
+def test_echo_identifier_20_is_not_an_ftp_data_port() -> None:
+    check_flow(echo(IPV4, ident=20))
+
+
+@pytest.mark.parametrize("proto", [Proto.TCP, Proto.UDP, Proto.SCTP])
+def test_source_port_20_is_sent_only_on_request(proto: Proto) -> None:
+    f = Flow(proto, cip(IPV6), 20, vip(IPV6), 80)
+    with pytest.raises(TrafficError, match="allow_ftpdata=True"):
+        build_ip(f, STAMP)
+    check_flow(f, allow_ftpdata=True)
+    built = build_ip(f, STAMP, allow_ftpdata=True)
+    assert built == build_ip_scapy(f, STAMP, allow_ftpdata=True)
+    seen = parse_ip(built)
+    assert seen is not None and seen.sport == 20 and seen.key == forward_key(f, STAMP)
+
+
+@settings(max_examples=200)
+@given(
+    family=st.sampled_from([IPV4, IPV6]), ident=st.integers(1, 65535),
+    payload=st.binary(max_size=40), tag=st.integers(0, 0xFFFF), seq=st.integers(0, 2**32 - 1),
+    tail=st.binary(max_size=8),
+)
+def test_fast_echo_builder_and_parser_agree_with_scapy(
+        family: Family, ident: int, payload: bytes, tag: int, seq: int, tail: bytes) -> None:
+    f = echo(family, ident, payload)
+    stamp = Stamp(tag, seq, seq ^ 0x80000000, 1)
+    assert build_ip(f, stamp) == build_ip_scapy(f, stamp)
+    frame = build_frame(f, stamp, MAC_A, MAC_B) + tail
+    seen = parse_frame(frame)
+    assert seen is not None and seen == parse_ip(frame, 14)
+    assert seen.key == forward_key(f, stamp)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from scapy.layers.inet import IP, TCP
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import Ether
 
 from harness.addresses import cip, vip
 from harness.traffic.engine import _Tracker, make_stamps
-from harness.traffic.packets import Stamp, build_frame, parse_answer
+from harness.traffic.packets import Stamp, build_frame, echo_seq, parse_answer
 from impl.types import IPV4, IPV6, Flow, Proto
 
 MAC = bytes(6)
@@ -102,3 +103,44 @@ def test_unresolved_flows_expire_as_dropped_with_the_bound() -> None:
     t.expire(0, 0.25)
     outcome = t.results()[0].outcome
     assert (outcome.kind, outcome.elapsed) == ("dropped", 0.25)
+
+
+def _ping(ident: int) -> Flow:
+    return Flow(Proto.ICMP, cip(IPV4, 6, 6), ident, vip(IPV4), 0, "echo")
+
+
+def _echo_reply(flow: Flow, stamp: Stamp) -> bytes:
+    return bytes(Ether() / IP(src=str(flow.daddr), dst=str(flow.saddr))
+                 / ICMP(type=0, id=flow.sport, seq=echo_seq(stamp)))
+
+
+def test_echo_reply_alone_means_local_and_follow_up_pings_resolve_in_order() -> None:
+    """Two pings with one identifier (ordered follow-ups): each reply carries its own sequence
+    number, so a late reply to the first cannot resolve the second."""
+    flows = [_ping(9), _ping(9)]
+    stamps = make_stamps(flows)
+    t = _Tracker(flows, stamps)
+    t.sent(0, 0.0)
+    t.sent(1, 0.1)
+    for i, now in ((1, 0.5), (0, 0.7)):  # the second ping's reply comes first
+        key = parse_answer(_echo_reply(flows[i], stamps[i]))
+        assert key is not None
+        t.answered(key, now)
+    results = t.results()
+    assert [r.outcome.kind for r in results] == ["local", "local"]
+    assert [r.outcome.elapsed for r in results] == pytest.approx([0.7, 0.4])
+
+
+def test_an_echo_request_at_a_real_server_is_forward() -> None:
+    """A ping that reaches a real server was forwarded (for a VIP, wrong: §1.8); the real
+    server's own reply that follows does not change that."""
+    flow = _ping(10)
+    stamps = make_stamps([flow])
+    t = _Tracker([flow], stamps)
+    t.sent(0, 0.0)
+    t.forwarded_frames(frames_of([flow], stamps), where=1, now=0.1)
+    key = parse_answer(_echo_reply(flow, stamps[0]))
+    assert key is not None
+    t.answered(key, 0.2)
+    (result,) = t.results()
+    assert (result.outcome.kind, result.outcome.rs, result.outcome.port) == ("forward", 1, 0)
