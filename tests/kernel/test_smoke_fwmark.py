@@ -24,33 +24,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.netns]
 MARK = 3
 
 
-def _eexist_means_supported(monkeypatch: pytest.MonkeyPatch) -> None:
-    """TEMPORARY workaround, remove when harness/features.py handles it: on a kernel with the
-    ipip module, adding an ipip link without parameters fails with EEXIST (the fallback tunl0
-    has the same parameters), which the probe re-raises; EEXIST means the kind exists."""
-    import errno
-
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    from harness import features
-
-    original = features._link_kind
-
-    def link_kind(ipr: object, kind: str, ifname: str, **extra: object) -> bool:
-        try:
-            return original(ipr, kind, ifname, **extra)  # type: ignore[arg-type]
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                return True
-            raise
-
-    monkeypatch.setattr(features, "_link_kind", link_kind)
-
-
-def test_fwmark_persistence_sends_one_client_to_one_real_server(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    _eexist_means_supported(monkeypatch)
+def test_fwmark_persistence_sends_one_client_to_one_real_server() -> None:
     client = cip(IPV4, 0, 7)
     flows = (
         Flow(Proto.TCP, client, 40001, vip(IPV4, 0), 80),
