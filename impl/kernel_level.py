@@ -63,15 +63,21 @@ class KernelLevel:
 DEFAULT = KernelLevel(6, 1, 192, "6.1.192")
 
 _DEBIAN = re.compile(r"Debian (\d+)\.(\d+)\.(\d+)")
+_LINUX = re.compile(r"Linux version (\d+)\.(\d+)")
 _PLAIN = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(.*)$")
 
 
 def parse_release(text: str) -> KernelLevel:
     """Parse a kernel release description; raises ValueError with a clear message."""
     text = text.strip()
-    m = _DEBIAN.search(text)
-    if m:
-        return KernelLevel(int(m[1]), int(m[2]), int(m[3]), text)
+    # /proc/version also names the compiler ("gcc-12 (Debian 12.2.0-14)"): only a Debian
+    # version of the kernel's own series is its stable level.
+    series = _LINUX.search(text)
+    for m in _DEBIAN.finditer(text):
+        if series is None or (m[1], m[2]) == (series[1], series[2]):
+            return KernelLevel(int(m[1]), int(m[2]), int(m[3]), text)
+    if series is not None:
+        text = text[series.start(1):].split()[0]
     m = _PLAIN.match(text)
     if not m:
         raise ValueError(f"not a kernel release: {text!r} (expected e.g. 6.1.192 or 6.12.117)")
