@@ -319,7 +319,12 @@ def _kill_children(children: list[ChildRecord]) -> list[int]:
         if not is_alive(c.pid, c.start):
             continue
         try:
-            os.kill(c.pid, signal.SIGKILL)
+            # A child that leads its own process group (the VM: vng with qemu under it) is
+            # killed with its whole group, so no grandchild outlives it.
+            if os.getpgid(c.pid) == c.pid:
+                os.killpg(c.pid, signal.SIGKILL)
+            else:
+                os.kill(c.pid, signal.SIGKILL)
             killed.append(c.pid)
         except ProcessLookupError:
             pass

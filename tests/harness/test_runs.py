@@ -322,3 +322,21 @@ def test_cli_sweep_prints_what_it_removed(tmp_path: Path, private_state: dict[st
     assert f"killed process {sleeper}" in out.stdout
     assert f"removed owner record {prefix}" in out.stdout
     assert leftovers(prefix) == []
+
+
+def test_sweep_kills_a_recorded_group_leader_with_its_whole_group() -> None:
+    """A recorded VM (vng leading its own group, qemu under it) leaves no grandchild behind."""
+    leader = subprocess.Popen(["sh", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    assert leader.stdout is not None
+    grandchild = int(leader.stdout.readline())
+    start, gc_start = runs.proc_start_time(leader.pid), runs.proc_start_time(grandchild)
+    assert start is not None and gc_start is not None
+    killed = runs._kill_children([runs.ChildRecord(leader.pid, start)])
+    assert killed == [leader.pid]
+    leader.wait(timeout=10)
+    # the orphaned grandchild is reaped by init, not by us: poll its state with a deadline
+    deadline = time.monotonic() + 10
+    while runs.is_alive(grandchild, gc_start) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not runs.is_alive(grandchild, gc_start), "grandchild outlived its group leader"
