@@ -77,6 +77,11 @@ def test_order(case: Case) -> None:
     "rr-add",
     source="ip_vs_rr.c ip_vs_rr_schedule() 53-98 (6.12.117): adding a dest does not "
     "move the pointer; the new dest is at the head, reached at the next wrap",
+    diverges={
+        "nftlb": "nftlb rr is one nft rule 'numgen inc mod N map {...}' (src/nft.c); a backend "
+        "change re-renders it with the new N, so its counter restarts at the first backend "
+        "(measured: the pick after AddDest repeats the first backend)",
+    },
 )
 def test_rr_add(case: Case) -> None:
     """A dest added mid-sequence sits at the list head and does not move rr's pointer: the
@@ -101,6 +106,11 @@ def test_rr_add(case: Case) -> None:
     "rr-del",
     source="ip_vs_rr.c ip_vs_rr_del_dest() 33-46 (6.12.117): the pointer moves back "
     "to the entry before the deleted dest",
+    diverges={
+        "nftlb": "nftlb rr is one nft rule 'numgen inc mod N map {...}' (src/nft.c); deleting a "
+        "backend re-renders it with the new N, so the walk restarts at the first backend "
+        "instead of moving back before the deleted one (measured)",
+    },
 )
 def test_rr_del(case: Case) -> None:
     """Deleting the dest rr just picked moves the pointer back one entry, so the next pick is
@@ -158,6 +168,11 @@ def test_rr_skip(case: Case) -> None:
 @rule(
     "wrr",
     source="ip_vs_wrr.c ip_vs_wrr_schedule() 160-236, ip_vs_wrr_dest_changed() 138 (6.12.117)",
+    diverges={
+        "nftlb": "weighted nftlb rr is 'numgen inc mod <sum of weights> map { 0-3 : a, ... }' "
+        "(src/nft.c): each cycle has the 4:3:2 proportions, but an edit that keeps the weight "
+        "sum keeps the rule and its counter, so the walk does not restart at the head (measured)",
+    },
 )
 def test_wrr(case: Case) -> None:
     """wrr with weights 4, 3, 2 in list order settles into the cycle A A B A B C A B C (each

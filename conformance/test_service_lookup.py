@@ -267,6 +267,10 @@ def test_nonpersist_port0(case: Case) -> None:
     "ftpdata-sport",
     source="ip_vs_core.c ip_vs_schedule() 453 (*ignored = 1) and 479-483 (cport == FTPDATA: "
     "'Not scheduling FTPDATA', no connection, so conn_schedule returns NF_ACCEPT) (6.12.117)",
+    diverges={
+        "nftlb": "nftlb has no FTP-data exception: its farm map 'ip protocol . ip daddr . th "
+        "dport vmap' (src/nft.c) balances every packet to vip:vport whatever its source port",
+    },
 )
 def test_ftpdata_sport(case: Case) -> None:
     """A packet from client source port 20 (FTPDATA) is never scheduled: ip_vs_schedule returns
@@ -375,6 +379,11 @@ def test_tcp_rst_never(case: Case) -> None:
     "udp-any",
     source="ip_vs_proto_udp.c udp_conn_schedule() 32 (6.12.117); "
     "ip_vs_core.c ip_vs_in_hook() conn_in_get 2008",
+    diverges={
+        "nftlb": "nftlb dsr farms run in the netdev ingress hook (table netdev nftlb, src/nft.c), "
+        "before conntrack: a non-persistent farm runs 'numgen inc' for every packet, so the "
+        "datagrams of one flow spread over backends",
+    },
 )
 def test_udp_any(case: Case) -> None:
     """Any UDP datagram can create a connection, and later datagrams of the same 5-tuple follow
@@ -416,6 +425,11 @@ def test_udp_any(case: Case) -> None:
     "conn-sticks",
     source="ip_vs_core.c ip_vs_in_hook() 2008-2067 (6.12.117): an existing "
     "connection is followed; weight changes have no hook on connections",
+    diverges={
+        "nftlb": "nftlb dsr farms run in the netdev ingress hook (table netdev nftlb, src/nft.c), "
+        "before conntrack: a non-persistent farm schedules every packet, so the ACK of an "
+        "existing connection can reach another backend",
+    },
 )
 def test_conn_sticks(case: Case) -> None:
     """Once a connection exists its later packets follow it, even after its real server's

@@ -164,6 +164,11 @@ def test_refresh_on_new_conn(case: Case) -> None:
     "extension-60s",
     source="ip_vs_conn.c ip_vs_conn_expire() 894-905 (6.12.117): "
     "n_control > 0 -> ct->timeout = 60*HZ, re-armed",
+    diverges={
+        "nftlb": "nftlb's persist-<farm> map entry has the farm's persist-ttl and is refreshed "
+        "only by the client's packets ('update @persist-<farm>', src/nft.c); it knows nothing "
+        "of open connections, so it expires persist-ttl after the last packet",
+    },
 )
 def test_extension_60s(case: Case) -> None:
     """With T=2 s and a controlled connection still in the table (a SYN whose handshake never
@@ -324,6 +329,10 @@ def test_removed_dest(case: Case) -> None:
     "revive",
     source="ip_vs_ctl.c ip_vs_trash_get_dest() 781, __ip_vs_update_dest() 1061-1084 "
     "(6.12.117): the same dest object returns, AVAILABLE, at the list head",
+    diverges={
+        "nftlb": "DELETE /farms/<f>/backends/<b> drops that backend's sessions (measured: GET "
+        "/farms/<f>/sessions is empty right after), so a re-added backend gets no client back",
+    },
 )
 def test_revive(case: Case) -> None:
     """Removing and re-adding the same dest before the client's next flow restores the client to

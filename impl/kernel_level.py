@@ -73,9 +73,9 @@ def parse_release(text: str) -> KernelLevel:
     # /proc/version also names the compiler ("gcc-12 (Debian 12.2.0-14)"): only a Debian
     # version of the kernel's own series is its stable level.
     series = _LINUX.search(text)
-    for m in _DEBIAN.finditer(text):
-        if series is None or (m[1], m[2]) == (series[1], series[2]):
-            return KernelLevel(int(m[1]), int(m[2]), int(m[3]), text)
+    for deb in _DEBIAN.finditer(text):
+        if series is None or (deb[1], deb[2]) == (series[1], series[2]):
+            return KernelLevel(int(deb[1]), int(deb[2]), int(deb[3]), text)
     if series is not None:
         text = text[series.start(1):].split()[0]
     m = _PLAIN.match(text)

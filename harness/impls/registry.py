@@ -1,7 +1,8 @@
 """Resolve ``--impl`` names to :class:`~harness.api.Implementation` objects.
 
 Names are ``kernel`` (kernel IPVS, run in the selected kernel lane: the host when it has IPVS,
-else a VM), ``reference`` (the userspace reference datapath), or ``module:attr`` naming a user's
+else a VM), ``reference`` (the userspace reference datapath), ``nftlb`` (the nftlb daemon; opt-in,
+never in the default selection), or ``module:attr`` naming a user's
 object: an Implementation instance, or a class / zero-argument factory returning one.
 
 The default (no ``--impl``) is every implementation available here: the reference (the host
@@ -22,6 +23,8 @@ from harness.api import Implementation
 BUILTINS: dict[str, str] = {
     "reference": "harness.impls.reference:ReferenceDatapath",
     "kernel": "harness.impls.kernel:KernelIPVS",
+    # opt-in only (not in DEFAULT_ORDER): a third-party daemon not everybody has installed
+    "nftlb": "harness.impls.nftlb:Nftlb",
 }
 #: order of the default selection (and of report columns)
 DEFAULT_ORDER: tuple[str, ...] = ("kernel", "reference")
@@ -89,6 +92,12 @@ def _instantiate(spec: str, obj: object) -> Implementation:
     return candidate
 
 
+def _opt_in_hint() -> str:
+    """The built-ins outside the default selection, for the unknown-name message."""
+    extra = sorted(set(BUILTINS) - set(DEFAULT_ORDER))
+    return f" (opt-in: {', '.join(extra)})" if extra else ""
+
+
 def resolve_one(name: str) -> Implementation:
     """One ``--impl`` name to an Implementation (raises :class:`ImplError`)."""
     name = name.strip()
@@ -102,8 +111,8 @@ def resolve_one(name: str) -> Implementation:
     if ":" in name:
         return _instantiate(name, _load_attr(name))
     raise ImplError(
-        f"--impl {name!r}: unknown implementation; use one of {', '.join(sorted(BUILTINS))} "
-        "or module:attr naming your own"
+        f"--impl {name!r}: unknown implementation; use one of {', '.join(sorted(DEFAULT_ORDER))}"
+        f"{_opt_in_hint()} or module:attr naming your own"
     )
 
 
