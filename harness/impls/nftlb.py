@@ -36,18 +36,15 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import addresses, runs
+from harness import addresses, processes, runs
 from harness.nft import NftError, nft
-from impl.datapath.process import die_with_parent
 from impl.scenario import (
     AddDest,
     EditDest,
@@ -76,7 +73,6 @@ if TYPE_CHECKING:
 API_HOST = "127.0.0.1"
 API_PORT = 5555
 READY_TIMEOUT = 15.0
-STOP_GRACE = 5.0
 HTTP_TIMEOUT = 10.0
 MISSING = "nftlb not found: apt-get install nftlb"
 
@@ -485,27 +481,12 @@ def start(netns: str, run: runs.Run | None = None, timeout: float = READY_TIMEOU
     exe = _executable()
     key = secrets.token_hex(16)
     with contextlib.ExitStack() as stack:
-        # under the run's scratch dir, so the sweep removes it if the harness is SIGKILLed
-        workdir = (run.scratch("nftlb") if run
-                   else Path(tempfile.mkdtemp(prefix=f"lvsconf-nftlb-{netns}-")))
-        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
-        log_path = workdir / "log"
-        enter = runs.netns_preexec(netns)
-
-        def preexec() -> None:
-            die_with_parent()  # before exec: no window in which the harness could die first
-            enter()  # never in the host namespace: its tables must land in the director's
-
+        log_path = processes.workdir(stack, run, netns, "nftlb") / "log"
         log = stack.enter_context(log_path.open("wb"))
-        proc = subprocess.Popen(
-            command(exe, key, port=port), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            preexec_fn=preexec, start_new_session=True,
-        )
-        stack.callback(_remove_tables, netns)
-        stack.callback(_stop, proc)
-        if run is not None:
-            run.register_process(proc.pid)
-            stack.callback(run.unregister_process, proc.pid)
+        stack.callback(_remove_tables, netns)  # after the daemon has stopped (LIFO)
+        # its tables must land in the director namespace's ruleset, never the host's
+        proc = stack.enter_context(
+            processes.netns_process(command(exe, key, port=port), netns, run, log))
         api = NftlbAPI(netns, key, port=port)
         _wait_ready(api, proc, log_path, timeout)
         yield api, proc, log_path
@@ -518,7 +499,7 @@ def _wait_ready(api: NftlbAPI, proc: subprocess.Popen[bytes], log: Path, timeout
     while True:
         if proc.poll() is not None:
             raise NftlbError(f"nftlb exited with status {proc.returncode} before its API answered: "
-                             f"{_last_line(log)}")
+                             f"{processes.last_line(log)}")
         try:
             api.call("GET", "/farms")
             return
@@ -526,26 +507,11 @@ def _wait_ready(api: NftlbAPI, proc: subprocess.Popen[bytes], log: Path, timeout
             last = str(exc) or type(exc).__name__
         if time.monotonic() > deadline:
             raise NftlbError(f"nftlb (pid {proc.pid}) API not ready within {timeout:.0f}s "
-                             f"({last}); its log: {_last_line(log)}")
+                             f"({last}); its log: {processes.last_line(log)}")
         time.sleep(delay)  # polling interval of a bounded wait
         delay = min(delay * 2, 0.1)
 
 
-def _last_line(log: Path) -> str:
-    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
-    return lines[-1] if lines else "(no output)"
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, bounded wait, then SIGKILL: the daemon never outlives the install block."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _remove_tables(netns: str) -> None:

@@ -16,17 +16,14 @@ import ipaddress
 import json
 import os
 import select
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import addresses, runs
+from harness import addresses, processes, runs
 from impl.datapath import plumbing
 from impl.datapath.config import DatapathConfig
 from impl.datapath.control import ControlClient
@@ -38,7 +35,6 @@ if TYPE_CHECKING:
     from harness.topology import Net
 
 READY_TIMEOUT = 15.0
-STOP_GRACE = 5.0
 
 
 class DatapathStartError(RuntimeError):
@@ -135,36 +131,19 @@ def start(netns: str, config: DatapathConfig, run: runs.Run | None = None,
           timeout: float = READY_TIMEOUT) -> Iterator[ReferenceHandle]:
     """Run the datapath for ``config`` in namespace ``netns`` until the block exits."""
     with contextlib.ExitStack() as stack:
-        # under the run's scratch dir, so the sweep removes it if the harness is SIGKILLed
-        workdir = (run.scratch("dp") if run
-                   else Path(tempfile.mkdtemp(prefix=f"lvsconf-dp-{netns}-")))
-        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        workdir = processes.workdir(stack, run, netns, "dp")
         cfg_path, sock_path = workdir / "config.json", workdir / "control"
         log_path = workdir / "log"
         config.dump(cfg_path)
-        enter = runs.netns_preexec(netns)
-
-        def preexec() -> None:
-            from impl.datapath.process import die_with_parent
-
-            die_with_parent()  # set before exec: no window in which the harness could die first
-            enter()
-
         log = stack.enter_context(log_path.open("wb"))
         root = Path(__file__).resolve().parents[2]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p))
-        proc = subprocess.Popen(
+        stack.callback(_cleanup_netns, netns, config)  # after the process has stopped (LIFO)
+        proc = stack.enter_context(processes.netns_process(
             [sys.executable, "-m", "impl.datapath", "--config", str(cfg_path),
              "--control", str(sock_path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env,
-            preexec_fn=preexec, start_new_session=True,  # Ctrl-C reaches pytest; we stop it
-        )
-        stack.callback(_cleanup_netns, netns, config)
-        stack.callback(_stop, proc)
-        if run is not None:
-            run.register_process(proc.pid)
-            stack.callback(run.unregister_process, proc.pid)
+            netns, run, log, stdout_pipe=True, env=env))
         ready = _wait_ready(proc, log_path, timeout)
         control = ControlClient(sock_path)
         stack.callback(control.close)
@@ -179,14 +158,14 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> dic
         left = deadline - time.monotonic()
         if left <= 0:
             raise DatapathStartError(f"datapath (pid {proc.pid}) not ready within {timeout:.0f}s; "
-                                     f"its log: {_last_line(log)}")
+                                     f"its log: {processes.last_line(log)}")
         readable, _, _ = select.select([proc.stdout], [], [], left)
         if readable:
             chunk = os.read(proc.stdout.fileno(), 4096)
             if not chunk:
-                proc.wait(timeout=STOP_GRACE)
+                proc.wait(timeout=processes.STOP_GRACE)
                 raise DatapathStartError(f"datapath exited with status {proc.returncode} before "
-                                         f"it was ready: {_last_line(log)}")
+                                         f"it was ready: {processes.last_line(log)}")
             buf += chunk
     line = buf.split(b"\n", 1)[0]
     ready: dict[str, Any] = json.loads(line)
@@ -195,23 +174,6 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> dic
     return ready
 
 
-def _last_line(log: Path) -> str:
-    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
-    return lines[-1] if lines else "(no output)"
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, bounded wait, then SIGKILL: the process never outlives the install block."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 def _cleanup_netns(netns: str, config: DatapathConfig) -> None:
