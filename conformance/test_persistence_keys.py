@@ -103,35 +103,7 @@ def test_netmask_v4(case: Case) -> None:
     """With netmask 255.255.255.0 two clients of one /24 share a template (FromIP is the masked
     network, e.g. 0A000000 for 10.0.0.x), and a client of another /24 is scheduled separately.
     IPv4 only: an IPv6 service holds a prefix length instead (netmask-v6)."""
-    key = ServiceKey(IPV4, TCP, case.vip(0), 80)
-    scenario = Scenario(
-        name="netmask-v4",
-        services=(
-            ServiceConfig(
-                Service(key, "rr", timeout=60, netmask=0xFFFFFF00),
-                (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2))),
-            ),
-        ),
-        steps=(
-            Send(
-                (
-                    case.flow(TCP, case.cip(0, 1), 40001, case.vip(0), 80),
-                    case.flow(TCP, case.cip(1, 1), 40002, case.vip(0), 80),
-                    case.flow(TCP, case.cip(0, 2), 40003, case.vip(0), 80),
-                )
-            ),
-        ),
-    )
-    r = case.run(scenario)
-    r.assert_conforms()
-    assert r.rs(0) is not None and r.rs(2) == r.rs(0), f"same /24, same server\n{r.explain()}"
-    assert r.rs(1) is not None and r.rs(1) != r.rs(0), f"another /24, own template\n{r.explain()}"
-    observed = r.templates_observed[0]
-    if observed is not None:
-        net0 = ipaddress.ip_network(f"{case.cip(0, 1)}/24", strict=False).network_address
-        assert net0 in {t.caddr for t in live(observed)}, (
-            f"the template's FromIP is the masked client {net0}\n{r.explain()}"
-        )
+    _check_masked_grouping(case, "netmask-v4", netmask=0xFFFFFF00, plen=24)
 
 
 @rule(
@@ -144,12 +116,18 @@ def test_netmask_v6(case: Case) -> None:
     """An IPv6 persistent service with prefix length 64 groups clients by /64: two clients of
     one /64 share a real server, a client of another /64 is scheduled separately.
     IPv6 only: IPv4 services take a 32-bit mask (netmask-v4)."""
-    key = ServiceKey(IPV6, TCP, case.vip(0), 80)
+    _check_masked_grouping(case, "netmask-v6", netmask=64, plen=64)
+
+
+def _check_masked_grouping(case: Case, name: str, netmask: int, plen: int) -> None:
+    """Clients 0.1 and 0.2 share one masked network, 1.1 is in another: the first two share a
+    template (FromIP = the masked network), the third is scheduled on its own."""
+    key = ServiceKey(case.family, TCP, case.vip(0), 80)
     scenario = Scenario(
-        name="netmask-v6",
+        name=name,
         services=(
             ServiceConfig(
-                Service(key, "rr", timeout=60, netmask=64),
+                Service(key, "rr", timeout=60, netmask=netmask),
                 (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2))),
             ),
         ),
@@ -165,13 +143,15 @@ def test_netmask_v6(case: Case) -> None:
     )
     r = case.run(scenario)
     r.assert_conforms()
-    assert r.rs(0) is not None and r.rs(2) == r.rs(0), f"same /64, same server\n{r.explain()}"
-    assert r.rs(1) is not None and r.rs(1) != r.rs(0), f"another /64, own template\n{r.explain()}"
+    assert r.rs(0) is not None and r.rs(2) == r.rs(0), f"same /{plen}, same server\n{r.explain()}"
+    assert r.rs(1) is not None and r.rs(1) != r.rs(0), (
+        f"another /{plen}, own template\n{r.explain()}"
+    )
     observed = r.templates_observed[0]
     if observed is not None:
-        net0 = ipaddress.ip_network(f"{case.cip(0, 1)}/64", strict=False).network_address
+        net0 = ipaddress.ip_network(f"{case.cip(0, 1)}/{plen}", strict=False).network_address
         assert net0 in {t.caddr for t in live(observed)}, (
-            f"the template's FromIP is the /64 of the client ({net0})\n{r.explain()}"
+            f"the template's FromIP is the masked client {net0}\n{r.explain()}"
         )
 
 
