@@ -266,6 +266,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     for rec in records:
         item.ihook.pytest_runtest_logreport(report=replay_report(item, rec))
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    # This item was never set up here, but the previous item left the collectors it shares
+    # with it (package, module) set up; tear down what nextitem does not need, as pytest's own
+    # runtestprotocol does, or the next local item finds a stale setup stack.
+    item.session._setupstate.teardown_exact(nextitem)
     return True
 
 

@@ -369,3 +369,46 @@ def test_cli_kernel_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture
     assert len(err) == 1 and err[0].startswith("lvsconf kernel: unknown kernel version")
     assert main(["kernel", "boot", "--kernel", "host"]) == 2
     assert "runs no VM" in capsys.readouterr().err
+
+
+FAKE_VM_LANE_CONFTEST = '''
+import pytest
+from harness.lanes import pytest_lane
+
+class FakeVMLane:
+    is_vm = True
+    version = None
+    def label(self):
+        return "fake-vm"
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    state = pytest_lane._state(session.config)
+    state.lane = FakeVMLane()
+    state.results = {}  # the guest "lost" every case: each is replayed as a failure
+'''
+
+
+def test_replayed_items_leave_the_setup_stack_as_pytest_would(pytester: pytest.Pytester) -> None:
+    """A local item sharing a module with a replayed kernel item, then a local item elsewhere:
+    the module set up for the first must be torn down after the replay (regression: the third
+    item errored with 'previous item was not torn down properly')."""
+    pytester.makeconftest(FAKE_VM_LANE_CONFTEST)
+    pkg = pytester.mkpydir("b")
+    (pkg / "test_mixed.py").write_text(
+        "import pytest\n"
+        "torn = []\n"
+        "@pytest.fixture(scope='module')\n"
+        "def shared():\n"
+        "    yield 1\n"
+        "    torn.append(1)\n"
+        "def test_local(shared):\n"
+        "    assert shared == 1\n"
+        "@pytest.mark.kernel\n"
+        "def test_in_guest():\n"
+        "    pass\n"
+    )
+    pytester.makepyfile(test_z_after="def test_after():\n    pass\n")
+    result = pytester.runpytest_inprocess("-p", "harness.lanes.pytest_lane", "-p", "no:lvsconf",
+                                          "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1, errors=0)
