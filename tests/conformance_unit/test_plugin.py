@@ -229,7 +229,7 @@ def test_bad_impl_is_one_clear_line(tmp_path: Path) -> None:
     errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert errors == [
         "ERROR: --impl 'nope': unknown implementation; use one of kernel, "
-        "reference or module:attr naming your own"
+        "reference (opt-in: nftlb) or module:attr naming your own"
     ], proc.stderr
     assert "Traceback" not in proc.stderr
 
