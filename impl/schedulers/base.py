@@ -88,5 +88,32 @@ class Scheduler(abc.ABC):
         return d.activeconns * 256 + d.inactconns
 
 
+class TableScheduler(Scheduler):
+    """A hashing scheduler whose lookup table is rebuilt from the dest list on every change.
+
+    sh and mh rebuild on init, add, delete and any edit; dh has no ``upd_dest`` in the kernel,
+    so an edit leaves its table alone (``rebuild_on_edit = False``).
+    """
+
+    rebuild_on_edit: bool = True
+
+    @abc.abstractmethod
+    def rebuild(self, dests: list[DestState]) -> None:
+        """Recompute the table from ``dests`` (kernel list order)."""
+
+    def init_service(self, dests: list[DestState]) -> None:
+        self.rebuild(dests)
+
+    def add_dest(self, dests: list[DestState], dest: DestState) -> None:
+        self.rebuild(dests)
+
+    def del_dest(self, dests: list[DestState], dest: DestState) -> None:
+        self.rebuild(dests)
+
+    def upd_dest(self, dests: list[DestState], dest: DestState) -> None:
+        if self.rebuild_on_edit:
+            self.rebuild(dests)
+
+
 class UnknownScheduler(ValueError):
     """The scheduler name is not one IPVS knows."""

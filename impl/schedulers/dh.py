@@ -5,7 +5,7 @@ Rebuilt on add and delete only (dh has no ``upd_dest``)."""
 from __future__ import annotations
 
 from impl.kernel_level import KernelLevel
-from impl.schedulers.base import DestState, Scheduler
+from impl.schedulers.base import DestState, TableScheduler
 from impl.siphash import fold_addr, hash_32
 from impl.types import Flow, Service
 
@@ -13,25 +13,17 @@ DH_TAB_BITS = 8
 DH_TAB_SIZE = 1 << DH_TAB_BITS
 
 
-class DestinationHashing(Scheduler):
+class DestinationHashing(TableScheduler):
     name = "dh"
+    rebuild_on_edit = False  # ip_vs_dh has no upd_dest: an edit keeps the table
 
     def __init__(self, service: Service, level: KernelLevel) -> None:
         super().__init__(service, level)
         self.buckets: list[DestState | None] = [None] * DH_TAB_SIZE
 
-    def _reassign(self, dests: list[DestState]) -> None:
+    def rebuild(self, dests: list[DestState]) -> None:
         n = len(dests)
         self.buckets = [dests[i % n] if n else None for i in range(DH_TAB_SIZE)]
-
-    def init_service(self, dests: list[DestState]) -> None:
-        self._reassign(dests)
-
-    def add_dest(self, dests: list[DestState], dest: DestState) -> None:
-        self._reassign(dests)
-
-    def del_dest(self, dests: list[DestState], dest: DestState) -> None:
-        self._reassign(dests)
 
     def schedule(self, dests: list[DestState], flow: Flow) -> DestState | None:
         d = self.buckets[hash_32(fold_addr(flow.daddr), DH_TAB_BITS)]

@@ -10,7 +10,7 @@ its clients get NULL (or the fallback) and nobody else moves. Rebuilt on add, de
 from __future__ import annotations
 
 from impl.kernel_level import KernelLevel
-from impl.schedulers.base import DestState, Scheduler
+from impl.schedulers.base import DestState, TableScheduler
 from impl.siphash import fold_addr, hsiphash_u32
 from impl.types import Flow, Service, SvcFlag
 
@@ -36,7 +36,7 @@ def _unavailable(d: DestState) -> bool:
     return d.weight <= 0 or d.overloaded
 
 
-class MaglevHashing(Scheduler):
+class MaglevHashing(TableScheduler):
     name = "mh"
 
     def __init__(self, service: Service, level: KernelLevel) -> None:
@@ -53,7 +53,7 @@ class MaglevHashing(Scheduler):
             r = self._perm_cache[k] = dest_offset_skip(d)
         return r
 
-    def _changed(self, dests: list[DestState]) -> None:
+    def rebuild(self, dests: list[DestState]) -> None:
         g = 0
         for d in dests:
             if d.last_weight > 0:
@@ -105,18 +105,6 @@ class MaglevHashing(Scheduler):
                     dt_count = 0
                     i += 1
         self.lookup = table
-
-    def init_service(self, dests: list[DestState]) -> None:
-        self._changed(dests)
-
-    def add_dest(self, dests: list[DestState], dest: DestState) -> None:
-        self._changed(dests)
-
-    def del_dest(self, dests: list[DestState], dest: DestState) -> None:
-        self._changed(dests)
-
-    def upd_dest(self, dests: list[DestState], dest: DestState) -> None:
-        self._changed(dests)
 
     def slot_of(self, flow: Flow) -> int:
         port = flow.sport if self.flags & SvcFlag.SCHED2 else 0

@@ -10,7 +10,7 @@ hash that is then added again.
 from __future__ import annotations
 
 from impl.kernel_level import KernelLevel
-from impl.schedulers.base import DestState, Scheduler
+from impl.schedulers.base import DestState, TableScheduler
 from impl.siphash import fold_addr, hash_32
 from impl.types import Flow, Service, SvcFlag
 
@@ -28,14 +28,14 @@ def _unavailable(d: DestState) -> bool:
     return d.weight <= 0 or d.overloaded
 
 
-class SourceHashing(Scheduler):
+class SourceHashing(TableScheduler):
     name = "sh"
 
     def __init__(self, service: Service, level: KernelLevel) -> None:
         super().__init__(service, level)
         self.buckets: list[DestState | None] = [None] * SH_TAB_SIZE
 
-    def _reassign(self, dests: list[DestState]) -> None:
+    def rebuild(self, dests: list[DestState]) -> None:
         if not dests:
             self.buckets = [None] * SH_TAB_SIZE
             return
@@ -49,18 +49,6 @@ class SourceHashing(Scheduler):
                 i = (i + 1) % len(dests)
                 count = 0
         self.buckets = table
-
-    def init_service(self, dests: list[DestState]) -> None:
-        self._reassign(dests)
-
-    def add_dest(self, dests: list[DestState], dest: DestState) -> None:
-        self._reassign(dests)
-
-    def del_dest(self, dests: list[DestState], dest: DestState) -> None:
-        self._reassign(dests)
-
-    def upd_dest(self, dests: list[DestState], dest: DestState) -> None:
-        self._reassign(dests)
 
     def bucket_of(self, flow: Flow) -> int:
         """The bucket a flow hashes to (without fallback)."""
