@@ -63,7 +63,7 @@ def test_normal_key(case: Case) -> None:
             # added rs1, rs2, rs3: rr picks rs3 first
             ServiceConfig(
                 Service(web, "rr", timeout=60),
-                (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2))),
+                case.dests(),
             ),
             # added rs3, rs2, rs1: rr picks rs1 first
             ServiceConfig(
@@ -128,7 +128,7 @@ def _check_masked_grouping(case: Case, name: str, netmask: int, plen: int) -> No
         services=(
             ServiceConfig(
                 Service(key, "rr", timeout=60, netmask=netmask),
-                (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2))),
+                case.dests(),
             ),
         ),
         steps=(
@@ -172,7 +172,7 @@ def test_fwmark_any_port_same_rs(case: Case) -> None:
         services=(
             ServiceConfig(
                 Service(key, "rr", timeout=60),
-                (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2))),
+                case.dests(),
             ),
         ),
         fwmark_rules=(FwmarkRule(3, fam, VIP_NET[fam]),),
@@ -218,7 +218,7 @@ def test_port_zero(case: Case) -> None:
         services=(
             ServiceConfig(
                 Service(key, "rr", timeout=60),
-                (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2))),
+                case.dests(),
             ),
         ),
         steps=(
@@ -317,7 +317,7 @@ def test_sip(case: Case) -> None:
         services=(
             ServiceConfig(
                 Service(key, "rr", timeout=60, pe="sip"),
-                (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2))),
+                case.dests(),
             ),
         ),
         steps=(

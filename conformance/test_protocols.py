@@ -13,14 +13,9 @@ import ipaddress
 from conformance.rules import rule
 from harness.casework import Case
 from impl.scenario import Scenario, Send, ServiceConfig, SetSysctl
-from impl.types import IPV4, Dest, Flow, FwmarkRule, PacketKind, Proto, Service, ServiceKey
+from impl.types import IPV4, Flow, FwmarkRule, PacketKind, Proto, Service, ServiceKey
 
 TCP, UDP, SCTP = Proto.TCP, Proto.UDP, Proto.SCTP
-
-
-def three(case: Case) -> tuple[Dest, Dest, Dest]:
-    """rs1, rs2, rs3 as DR dests; rr picks rs3, rs2, rs1 (rule ``order``)."""
-    return (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2)))
 
 
 @rule(
@@ -51,9 +46,9 @@ def test_ops(case: Case) -> None:
     scenario = Scenario(
         name="ops",
         services=(
-            ServiceConfig(Service(rr_ops, "rr", ops=True), three(case)),
-            ServiceConfig(Service(persist_ops, "rr", timeout=30, ops=True), three(case)),
-            ServiceConfig(Service(plain, "rr"), three(case)),
+            ServiceConfig(Service(rr_ops, "rr", ops=True), case.dests()),
+            ServiceConfig(Service(persist_ops, "rr", timeout=30, ops=True), case.dests()),
+            ServiceConfig(Service(plain, "rr"), case.dests()),
         ),
         steps=(datagram(1), datagram(2), datagram(3)),
     )
@@ -86,7 +81,7 @@ def test_ops_udp_only(case: Case) -> None:
     udp = case.cip(0, 2)
     scenario = Scenario(
         name="ops-udp-only",
-        services=(ServiceConfig(Service(key, "rr", ops=True), three(case)),),
+        services=(ServiceConfig(Service(key, "rr", ops=True), case.dests()),),
         fwmark_rules=(FwmarkRule(8, fam, ipaddress.ip_network(f"{vip}/{vip.max_prefixlen}")),),
         steps=(
             Send((case.flow(TCP, tcp, 40001, vip, 80), case.flow(UDP, udp, 40002, vip, 53))),
@@ -134,8 +129,8 @@ def test_icmp(case: Case) -> None:
     scenario = Scenario(
         name="icmp",
         services=(
-            ServiceConfig(Service(web, "rr", timeout=60), three(case)),
-            ServiceConfig(Service(marked, "rr", timeout=60), three(case)),
+            ServiceConfig(Service(web, "rr", timeout=60), case.dests()),
+            ServiceConfig(Service(marked, "rr", timeout=60), case.dests()),
         ),
         # proto None: every packet to VIP1 is marked, the ping included
         fwmark_rules=(FwmarkRule(9, fam, ipaddress.ip_network(f"{vip1}/{vip1.max_prefixlen}")),),
@@ -179,7 +174,7 @@ def test_sctp_init(case: Case) -> None:
     key = ServiceKey(case.family, SCTP, case.vip(0), 5000)
     scenario = Scenario(
         name="sctp-init",
-        services=(ServiceConfig(Service(key, "rr"), three(case)),),
+        services=(ServiceConfig(Service(key, "rr"), case.dests()),),
         steps=(
             Send((_sctp(case, 40001, "init"), _sctp(case, 40002, "data"))),
             SetSysctl("sloppy_sctp", 1),
@@ -206,7 +201,7 @@ def test_sctp_abort_never(case: Case) -> None:
     key = ServiceKey(case.family, SCTP, case.vip(0), 5000)
     scenario = Scenario(
         name="sctp-abort-never",
-        services=(ServiceConfig(Service(key, "rr"), three(case)),),
+        services=(ServiceConfig(Service(key, "rr"), case.dests()),),
         steps=(
             Send((_sctp(case, 40001, "abort"),)),
             SetSysctl("sloppy_sctp", 1),

@@ -32,11 +32,6 @@ from impl.types import Dest, Flow, FwmarkRule, Proto, ProtoTimeouts, Service, Se
 TCP, UDP = Proto.TCP, Proto.UDP
 
 
-def dests(case: Case, *weights: int) -> tuple[Dest, ...]:
-    """DR dests rs1.. with these weights, added in this order (listed newest first)."""
-    return tuple(Dest(case.rip(i), weight=w) for i, w in enumerate(weights))
-
-
 def picks(r: CaseResult, flows: range | list[int] | None = None) -> list[int | None]:
     """Observed real server of each flow (None: not forwarded)."""
     return [r.rs(i) for i in (flows if flows is not None else range(len(r.flows)))]
@@ -63,7 +58,7 @@ def test_order(case: Case) -> None:
     key = ServiceKey(case.family, TCP, case.vip(0), 80)
     scenario = Scenario(
         name="order",
-        services=(ServiceConfig(Service(key, "rr"), dests(case, 1, 1, 1)),),
+        services=(ServiceConfig(Service(key, "rr"), case.dests(1, 1, 1)),),
         steps=(Send(new_flows(case, TCP, 0, 80, 4)),),
     )
     r = case.run(scenario)
@@ -87,7 +82,7 @@ def test_rr_add(case: Case) -> None:
     """A dest added mid-sequence sits at the list head and does not move rr's pointer: the
     sequence continues with the remaining old dests, then wraps to the new one."""
     key = ServiceKey(case.family, TCP, case.vip(0), 80)
-    a, b, c = dests(case, 1, 1, 1)
+    a, b, c = case.dests(1, 1, 1)
     scenario = Scenario(
         name="rr-add",
         services=(ServiceConfig(Service(key, "rr"), (a, b)),),  # listed b, a
@@ -116,7 +111,7 @@ def test_rr_del(case: Case) -> None:
     """Deleting the dest rr just picked moves the pointer back one entry, so the next pick is
     the deleted dest's successor."""
     key = ServiceKey(case.family, TCP, case.vip(0), 80)
-    ds = dests(case, 1, 1, 1)
+    ds = case.dests(1, 1, 1)
     scenario = Scenario(
         name="rr-del",
         services=(ServiceConfig(Service(key, "rr"), ds),),
@@ -231,11 +226,11 @@ def test_sh(case: Case) -> None:
     scenario = Scenario(
         name="sh",
         services=(
-            ServiceConfig(Service(svc[0], "sh"), dests(case, *weights)),
-            ServiceConfig(Service(svc[1], "sh", sched_flags=SvcFlag.SCHED2), dests(case, *weights)),
-            ServiceConfig(Service(svc[2], "sh"), dests(case, *zero_mid)),
+            ServiceConfig(Service(svc[0], "sh"), case.dests(*weights)),
+            ServiceConfig(Service(svc[1], "sh", sched_flags=SvcFlag.SCHED2), case.dests(*weights)),
+            ServiceConfig(Service(svc[2], "sh"), case.dests(*zero_mid)),
             ServiceConfig(
-                Service(svc[3], "sh", sched_flags=SvcFlag.SCHED1), dests(case, *zero_mid)
+                Service(svc[3], "sh", sched_flags=SvcFlag.SCHED1), case.dests(*zero_mid)
             ),
         ),
         steps=(
@@ -274,7 +269,7 @@ def test_mh(case: Case) -> None:
     0 does not rebuild anyone else's slots: with mh-fallback only that dest's clients move (to
     another dest), everyone else keeps their server. The slots themselves are the model's."""
     key = ServiceKey(case.family, UDP, case.vip(0), 53)
-    ds = dests(case, 1, 1, 1)
+    ds = case.dests(1, 1, 1)
     n = 12
 
     def round_(sport: int) -> Send:
@@ -313,7 +308,7 @@ def test_dh(case: Case) -> None:
         name="dh",
         services=tuple(
             ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(v), 80), "dh"), dests(case, 1, 1, 1)
+                Service(ServiceKey(fam, TCP, case.vip(v), 80), "dh"), case.dests(1, 1, 1)
             )
             for v in (0, 1)
         ),
@@ -350,8 +345,8 @@ def test_lc_wlc(case: Case) -> None:
     scenario = Scenario(
         name="lc-wlc",
         services=(
-            ServiceConfig(Service(lc_key, "lc"), dests(case, 1, 1, 1)),
-            ServiceConfig(Service(wlc_key, "wlc"), dests(case, 1, 2, 3)),
+            ServiceConfig(Service(lc_key, "lc"), case.dests(1, 1, 1)),
+            ServiceConfig(Service(wlc_key, "wlc"), case.dests(1, 2, 3)),
         ),
         fwmark_rules=(FwmarkRule(4, fam, vip0),),
         steps=(
@@ -386,8 +381,8 @@ def test_sed_nq(case: Case) -> None:
     scenario = Scenario(
         name="sed-nq",
         services=(
-            ServiceConfig(Service(ServiceKey(fam, TCP, case.vip(0), 80), "nq"), dests(case, *ws)),
-            ServiceConfig(Service(ServiceKey(fam, TCP, case.vip(1), 80), "sed"), dests(case, *ws)),
+            ServiceConfig(Service(ServiceKey(fam, TCP, case.vip(0), 80), "nq"), case.dests(*ws)),
+            ServiceConfig(Service(ServiceKey(fam, TCP, case.vip(1), 80), "sed"), case.dests(*ws)),
         ),
         steps=(Send(new_flows(case, TCP, 0, 80, 3) + new_flows(case, TCP, 1, 80, 4, net=1)),),
     )
@@ -411,10 +406,10 @@ def test_fo_ovf(case: Case) -> None:
         name="fo-ovf",
         services=(
             ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(0), 80), "fo"), dests(case, 1, 3, 3)
+                Service(ServiceKey(fam, TCP, case.vip(0), 80), "fo"), case.dests(1, 3, 3)
             ),
             ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(1), 80), "ovf"), dests(case, 1, 1, 2)
+                Service(ServiceKey(fam, TCP, case.vip(1), 80), "ovf"), case.dests(1, 1, 2)
             ),
         ),
         steps=(Send(new_flows(case, TCP, 0, 80, 4) + new_flows(case, TCP, 1, 80, 4, net=1)),),

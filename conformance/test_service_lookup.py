@@ -126,7 +126,7 @@ def test_ftp_fallback(case: Case) -> None:
         services=(
             ServiceConfig(
                 Service(key, "rr", timeout=60),
-                (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2))),
+                case.dests(),
             ),
         ),
         steps=(
@@ -282,7 +282,7 @@ def test_ftpdata_sport(case: Case) -> None:
     web = ServiceKey(fam, TCP, case.vip(0), 80)
     sticky = ServiceKey(fam, TCP, case.vip(1), 80)
     dns = ServiceKey(fam, UDP, case.vip(0), 53)
-    dests = (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2)))
+    dests = case.dests()
     ftpdata = [case.cip(0, 1), case.cip(0, 2), case.cip(0, 3)]
     controls = [case.cip(0, 4), case.cip(0, 5), case.cip(0, 6)]
     scenario = Scenario(
@@ -393,7 +393,7 @@ def test_udp_any(case: Case) -> None:
         name="udp-any",
         services=(
             ServiceConfig(
-                Service(key, "rr"), (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2)))
+                Service(key, "rr"), case.dests()
             ),
         ),
         steps=(
@@ -435,7 +435,7 @@ def test_conn_sticks(case: Case) -> None:
     """Once a connection exists its later packets follow it, even after its real server's
     weight drops to 0 (only new connections see the new weights)."""
     key = ServiceKey(case.family, TCP, case.vip(0), 80)
-    dests = (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2)))
+    dests = case.dests()
     first = case.flow(TCP, case.cip(0, 1), 40001, case.vip(0), 80)
     scenario = Scenario(
         name="conn-sticks",

@@ -49,12 +49,6 @@ from impl.types import (
 TCP, UDP = Proto.TCP, Proto.UDP
 
 
-def three(case: Case) -> tuple[Dest, Dest, Dest]:
-    """rs1, rs2, rs3 as DR dests, added in this order: the kernel lists them rs3, rs2, rs1 and
-    rr's first pick is rs3 (index 2), then rs2, then rs1 (rule ``order``)."""
-    return (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2)))
-
-
 def weight(key: ServiceKey, dest: Dest, w: int) -> EditDest:
     return EditDest(key, dataclasses.replace(dest, weight=w))
 
@@ -88,7 +82,7 @@ def test_expiry_ops(case: Case) -> None:
     client = case.cip(0, 1)
     scenario = Scenario(
         name="expiry-ops",
-        services=(ServiceConfig(Service(key, "rr", timeout=2, ops=True), three(case)),),
+        services=(ServiceConfig(Service(key, "rr", timeout=2, ops=True), case.dests()),),
         steps=(
             Send((case.flow(UDP, client, 40001, case.vip(0), 53),)),
             Advance(1.0),
@@ -141,8 +135,8 @@ def test_refresh_on_new_conn(case: Case) -> None:
     scenario = Scenario(
         name="refresh-on-new-conn",
         services=(
-            ServiceConfig(Service(ops_key, "rr", timeout=2, ops=True), three(case)),
-            ServiceConfig(Service(conn_key, "rr", timeout=5), three(case)),
+            ServiceConfig(Service(ops_key, "rr", timeout=2, ops=True), case.dests()),
+            ServiceConfig(Service(conn_key, "rr", timeout=5), case.dests()),
         ),
         steps=tuple(steps),
     )
@@ -178,7 +172,7 @@ def test_extension_60s(case: Case) -> None:
     client = case.cip(0, 1)
     scenario = Scenario(
         name="extension-60s",
-        services=(ServiceConfig(Service(key, "rr", timeout=2), three(case)),),
+        services=(ServiceConfig(Service(key, "rr", timeout=2), case.dests()),),
         steps=(
             Send((case.flow(TCP, client, 40001, case.vip(0), 80),)),
             Advance(3.0),
@@ -217,7 +211,7 @@ def test_extension_sticky_60(case: Case) -> None:
 
     scenario = Scenario(
         name="extension-sticky-60",
-        services=(ServiceConfig(Service(key, "rr", timeout=2), three(case)),),
+        services=(ServiceConfig(Service(key, "rr", timeout=2), case.dests()),),
         timeouts=ProtoTimeouts(tcpfin=1),
         steps=(
             Send(conn(40001, "syn", "ack")),  # t=0: template (T=2) + ESTABLISHED conn
@@ -259,7 +253,7 @@ def test_extension_expires(case: Case) -> None:
     vip = case.vip(0)
     scenario = Scenario(
         name="extension-expires",
-        services=(ServiceConfig(Service(key, "rr", timeout=2), three(case)),),
+        services=(ServiceConfig(Service(key, "rr", timeout=2), case.dests()),),
         timeouts=ProtoTimeouts(tcpfin=1),
         steps=(
             Send(
@@ -298,7 +292,7 @@ def test_removed_dest(case: Case) -> None:
     so nothing extends it)."""
     key = ServiceKey(case.family, UDP, case.vip(0), 53)
     client = case.cip(0, 1)
-    dests = three(case)
+    dests = case.dests()
     scenario = Scenario(
         name="removed-dest",
         services=(ServiceConfig(Service(key, "rr", timeout=2, ops=True), dests),),
@@ -339,7 +333,7 @@ def test_revive(case: Case) -> None:
     its old server (its template was never looked up while the dest was gone, so it was never
     invalidated), and the re-added dest sits at the head of the list, where rr starts again."""
     key = ServiceKey(case.family, TCP, case.vip(0), 80)
-    dests = three(case)
+    dests = case.dests()
     client = case.cip(0, 1)
     scenario = Scenario(
         name="revive",
@@ -372,7 +366,7 @@ def test_weight0_default(case: Case) -> None:
     """With its dest at weight 0 and expire_quiescent_template=0, a persistent client keeps
     reaching its server, while new clients avoid it."""
     key = ServiceKey(case.family, TCP, case.vip(0), 80)
-    dests = three(case)
+    dests = case.dests()
     client = case.cip(0, 1)
     scenario = Scenario(
         name="weight0-default",
@@ -406,7 +400,7 @@ def test_weight0_quiescent(case: Case) -> None:
     client's next new flow: the client is rescheduled to a server with weight > 0, and the old
     template lingers with TPrt/DPrt FFFF."""
     key = ServiceKey(case.family, TCP, case.vip(0), 80)
-    dests = three(case)
+    dests = case.dests()
     client = case.cip(0, 1)
     scenario = Scenario(
         name="weight0-quiescent",
@@ -440,7 +434,7 @@ def test_removed_dest_conn(case: Case) -> None:
     scheduled afresh (on a persistent service: a new template on a remaining server). UDP, so
     the retried packet may create a connection."""
     key = ServiceKey(case.family, UDP, case.vip(0), 53)
-    dests = three(case)
+    dests = case.dests()
     client = case.cip(0, 1)
 
     def again(n: int) -> Send:
@@ -475,7 +469,7 @@ def test_port_reuse(case: Case) -> None:
     meanwhile (weight 0 with expire_quiescent_template=1) and the client's other new connections
     go elsewhere."""
     key = ServiceKey(case.family, TCP, case.vip(0), 80)
-    dests = three(case)
+    dests = case.dests()
     client = case.cip(0, 1)
     scenario = Scenario(
         name="port-reuse",
@@ -508,7 +502,7 @@ def test_counters(case: Case) -> None:
     client = case.cip(0, 1)
     scenario = Scenario(
         name="counters",
-        services=(ServiceConfig(Service(key, "lc", timeout=30), three(case)),),
+        services=(ServiceConfig(Service(key, "lc", timeout=30), case.dests()),),
         timeouts=ProtoTimeouts(udp=1),
         steps=(
             Send((case.flow(UDP, client, 40001, case.vip(0), 53),)),  # lc tie: head, rs3

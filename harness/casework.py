@@ -576,6 +576,12 @@ class Case:
     def rip(self, i: int) -> IPAddress:
         return addresses.rip(self.family, i)
 
+    def dests(self, *weights: int) -> tuple[Dest, ...]:
+        """DR dests rs1, rs2, ... with these weights (default: the three real servers, weight
+        1), added in this order: the kernel lists them newest first, so rr's first pick is the
+        last one (rule ``order``)."""
+        return tuple(Dest(self.rip(i), weight=w) for i, w in enumerate(weights or (1, 1, 1)))
+
     def flow(
         self,
         proto: Proto,
