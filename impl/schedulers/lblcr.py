@@ -14,7 +14,7 @@ from collections.abc import Callable
 from impl.kernel_level import KernelLevel
 from impl.schedulers.base import DestState, Scheduler
 from impl.schedulers.lblc import DEFAULT_EXPIRATION, lblc_overloaded
-from impl.schedulers.wlc import wlc_pick
+from impl.schedulers.wlc import weighted_least, wlc_pick
 from impl.types import Flow, IPAddress, Service
 
 
@@ -41,25 +41,8 @@ class _DestSet:
 
 
 def set_min(members: list[DestState], overhead: Callable[[DestState], int]) -> DestState | None:
-    """``ip_vs_dest_set_min``."""
-    it = iter(members)
-    least: DestState | None = None
-    for d in it:
-        if d.overloaded:
-            continue
-        if d.weight > 0 and d.available:
-            least = d
-            break
-    if least is None:
-        return None
-    loh = overhead(least)
-    for d in it:
-        if d.overloaded:
-            continue
-        doh = overhead(d)
-        if loh * d.weight > doh * least.weight and d.available:
-            least, loh = d, doh
-    return least
+    """``ip_vs_dest_set_min``: wlc over the set, skipping members no longer available."""
+    return weighted_least(members, overhead, available_only=True)
 
 
 def set_max(members: list[DestState], overhead: Callable[[DestState], int]) -> DestState | None:

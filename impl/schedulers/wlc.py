@@ -15,19 +15,21 @@ from impl.schedulers.base import DestState, Scheduler
 from impl.types import Flow
 
 
-def weighted_least(dests: list[DestState],
-                   overhead: Callable[[DestState], int]) -> DestState | None:
+def weighted_least(dests: list[DestState], overhead: Callable[[DestState], int],
+                   available_only: bool = False) -> DestState | None:
+    """The wlc choice; ``available_only`` also skips dests removed from their service (lblcr's
+    ``ip_vs_dest_set_min``, whose set may still hold them)."""
     it = iter(dests)
     least: DestState | None = None
     for d in it:
-        if not d.overloaded and d.weight > 0:
+        if not d.overloaded and d.weight > 0 and (d.available or not available_only):
             least = d
             break
     if least is None:
         return None
     loh = overhead(least)
     for d in it:
-        if d.overloaded:
+        if d.overloaded or (available_only and not d.available):
             continue
         doh = overhead(d)
         if loh * d.weight > doh * least.weight:
