@@ -82,10 +82,6 @@ def rip(family: Family, index: int) -> IPAddress:
 
 def rs_index(addr: IPAddress) -> int | None:
     """Inverse of :func:`rip`: which real server owns ``addr`` (None if none)."""
-    for fam in (IPV4, Family.IPV6):
-        if Family.of(addr) is not fam:
-            continue
-        for i in range(200):
-            if rip(fam, i) == addr:
-                return i
-    return None
+    family = Family.of(addr)
+    index = int(addr) - int(rip(family, 0))
+    return index if 0 <= index < 200 and rip(family, index) == addr else None
