@@ -166,6 +166,8 @@ class Director:
         self._svcs: dict[ServiceKey, _Svc] = {}
         self._svc_index: ServiceIndex[_Svc] = ServiceIndex()  # the same services, by int keys
         self._conns: dict[ConnKey, Entry] = {}
+        # the same connections by their reply direction (ip_vs_conn_out_get), newest first
+        self._out: dict[ConnKey, list[Entry]] = {}
         # templates by lookup key (_tkey); each bucket newest (or most recently re-hashed) first
         self._tindex: dict[TemplateKey, list[Entry]] = {}
         # interned forward verdicts (immutable values, checked field by field on every use)
@@ -343,20 +345,15 @@ class Director:
     def reply(self, flow: Flow, now: float) -> Verdict:
         """One packet from a real server back to a client (ip_vs_out_hook, conn_out_get)."""
         now = self._clock(now)
-        for cp in self._conns.values():
-            if cp.template or cp.cport != flow.dport or cp.caddr != flow.daddr:
-                continue
-            if cp.proto is not flow.proto or cp.family is not flow.family:
-                continue
-            nat = cp.fwd is Fwd.NAT
-            src, sport = (cp.daddr, cp.dport) if nat else (cp.vaddr, cp.vport)
-            if src != flow.saddr or sport != flow.sport:
-                continue
-            kind = flow.kind or ("ack" if flow.proto is Proto.TCP else flow.packet_kind)
-            C.set_state(cp, C.OUTPUT, kind, self.timeouts)
-            self._put(cp, now)
-            return Verdict("forward", dest=cp.vaddr, dport=cp.vport, fwd=cp.fwd, reason="snat")
-        return Verdict("local", reason="no connection")
+        key = (flow.family, flow.proto, int(flow.saddr), flow.sport, int(flow.daddr), flow.dport)
+        chain = self._out.get(key)
+        if not chain:
+            return Verdict("local", reason="no connection")
+        cp = chain[0]
+        kind = flow.kind or ("ack" if flow.proto is Proto.TCP else flow.packet_kind)
+        C.set_state(cp, C.OUTPUT, kind, self.timeouts)
+        self._put(cp, now)
+        return Verdict("forward", dest=cp.vaddr, dport=cp.vport, fwd=cp.fwd, reason="snat")
 
     # ------------------------------------------------------------------ time
     def expire(self, now: float) -> None:
@@ -562,8 +559,10 @@ class Director:
         old = conns.get(key)
         if old is not None:  # a reschedule that could not expire it: shadowed, no timer
             old.linked = False
+            self._unhash_out(old)
         conns[key] = cp
         cp.linked = True
+        self._out.setdefault(_out_key(cp), []).insert(0, cp)  # head of the chain, as hashed
 
     def _hash_template(self, ct: Entry) -> None:
         self._tindex.setdefault(_tkey(ct), []).insert(0, ct)  # head of the bucket
@@ -576,6 +575,14 @@ class Director:
         if not bucket:
             del self._tindex[k]
         ct.linked = False
+
+    def _unhash_out(self, cp: Entry) -> None:
+        k = _out_key(cp)
+        chain = self._out.get(k)
+        if chain is not None and cp in chain:  # Entry compares by identity (eq=False)
+            chain.remove(cp)
+            if not chain:
+                del self._out[k]
 
     def _fire(self, e: Entry, at: float) -> None:
         if e.n_control > 0:
@@ -599,6 +606,8 @@ class Director:
         elif e.linked:
             del self._conns[e.conn_key]
             e.linked = False
+        if not e.template:
+            self._unhash_out(e)
         ct = e.control
         if ct is not None:
             e.control = None
@@ -743,6 +752,13 @@ def _tkey(ct: Entry) -> TemplateKey:
     proto IP, i.e. fwmark templates), addresses as ints; cport is always 0 for templates."""
     vkey = _first32(ct.vaddr) if ct.proto is Proto.IP else int(ct.vaddr)
     return (ct.family, ct.proto, int(ct.caddr), ct.vport, vkey)
+
+
+def _out_key(cp: Entry) -> ConnKey:
+    """A connection's reply-direction key: NAT replies come from the real server's addr:port,
+    the other methods' (local/bypass) from vaddr:vport; the destination is the client."""
+    src, sport = (cp.daddr, cp.dport) if cp.fwd is Fwd.NAT else (cp.vaddr, cp.vport)
+    return (cp.family, cp.proto, int(src), sport, int(cp.caddr), cp.cport)
 
 
 def _first32(addr: IPAddress) -> int:
