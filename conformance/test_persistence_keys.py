@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from conformance.rules import rule
+from conformance.runner.casework import Case
+from conformance.runner.rules import rule
 from harness.addresses import VIP_NET
-from harness.casework import Case
 from impl.scenario import Scenario, Send, ServiceConfig
 from impl.types import (
     IPV4,

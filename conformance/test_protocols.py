@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from conformance.rules import rule
-from harness.casework import Case
+from conformance.runner.casework import Case
+from conformance.runner.rules import rule
 from impl.scenario import Scenario, Send, ServiceConfig, SetSysctl
 from impl.types import IPV4, Flow, FwmarkRule, PacketKind, Proto, Service, ServiceKey
 

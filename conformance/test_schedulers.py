@@ -16,8 +16,8 @@ import dataclasses
 import ipaddress
 from collections import Counter
 
-from conformance.rules import rule
-from harness.casework import Case, CaseResult
+from conformance.runner.casework import Case, CaseResult
+from conformance.runner.rules import rule
 from impl.scenario import (
     AddDest,
     Advance,

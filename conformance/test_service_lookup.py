@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from conformance.rules import rule
+from conformance.runner.casework import Case
+from conformance.runner.rules import rule
 from harness import addresses
 from harness.addresses import VIP_NET
-from harness.casework import Case
 from impl.scenario import EditDest, Scenario, Send, ServiceConfig, SetSysctl
 from impl.types import IPV4, IPV6, Dest, FwmarkRule, Proto, Service, ServiceKey
 

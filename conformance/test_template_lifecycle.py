@@ -17,8 +17,8 @@ import ipaddress
 
 import pytest
 
-from conformance.rules import rule
-from harness.casework import Case
+from conformance.runner.casework import Case
+from conformance.runner.rules import rule
 from impl.scenario import (
     AddDest,
     Advance,

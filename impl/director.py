@@ -56,6 +56,7 @@ from impl.types import (
     IPV4,
     IPV6,
     Connection,
+    Decision,
     Dest,
     Family,
     Flow,
@@ -68,7 +69,6 @@ from impl.types import (
     ServiceKey,
     Sysctls,
     Template,
-    Verdict,
 )
 
 SchedulerFactory = Callable[[Service, KernelLevel], Scheduler]
@@ -77,7 +77,7 @@ TemplateKey = tuple[Family, Proto, int, int, int]  # see _tkey
 
 TRASH_IDLE = 120.0  # IP_VS_DEST_TRASH_PERIOD: an unreferenced trashed dest is freed after this
 INVALID_PORT = 0xFFFF
-_VERDICTS_MAX = 4096  # interned forward verdicts kept (see Director._forward)
+_DECISIONS_MAX = 4096  # interned forward decisions kept (see Director._forward)
 _SYSCTLS = Sysctls()  # kernel defaults (frozen, so sharing them is safe)
 _TIMEOUTS = ProtoTimeouts()
 
@@ -170,8 +170,8 @@ class Director:
         self._out: dict[ConnKey, list[Entry]] = {}
         # templates by lookup key (_tkey); each bucket newest (or most recently re-hashed) first
         self._tindex: dict[TemplateKey, list[Entry]] = {}
-        # interned forward verdicts (immutable values, checked field by field on every use)
-        self._verdicts: dict[tuple[DestState, int, str], Verdict] = {}
+        # interned forward decisions (immutable values, checked field by field on every use)
+        self._decisions: dict[tuple[DestState, int, str], Decision] = {}
         self._trash: list[_Trashed] = []
         self._timers: list[tuple[float, int, Entry]] = []
         self._seq = itertools.count()
@@ -294,7 +294,7 @@ class Director:
                                       timeouts.udp or cur.udp)
 
     # ------------------------------------------------------------------ packets
-    def packet(self, flow: Flow, now: float) -> Verdict:
+    def packet(self, flow: Flow, now: float) -> Decision:
         """One packet from a client towards a VIP (ip_vs_in_hook)."""
         now = self._clock(now)
         # Derived once per packet and handed down (see "Speed" in the module docstring).
@@ -319,19 +319,19 @@ class Director:
                 if cp.n_control == 0:
                     self._remove(cp, now)
                 if old_ct:
-                    return Verdict("drop", reason="reschedule with confirmed conntrack")
+                    return Decision("drop", reason="reschedule with confirmed conntrack")
                 cp = None
         if cp is not None and cp.dest is not None and not cp.dest.available:
             if not self.sysctls.expire_nodest_conn:
-                return Verdict("drop", reason="dest removed")
+                return Decision("drop", reason="dest removed")
             old_ct = self._uses_old_conntrack(cp)
             self._remove(cp, now)
             if old_ct:
-                return Verdict("drop", reason="dest removed, confirmed conntrack")
+                return Decision("drop", reason="dest removed, confirmed conntrack")
             cp = None
         if cp is None:
             result = self._try_to_schedule(flow, family, kind, key, now)
-            if isinstance(result, Verdict):
+            if isinstance(result, Decision):
                 return result
             cp = result
             reason = "scheduled"
@@ -342,18 +342,18 @@ class Director:
         self._put(cp, now)
         return verdict
 
-    def reply(self, flow: Flow, now: float) -> Verdict:
+    def reply(self, flow: Flow, now: float) -> Decision:
         """One packet from a real server back to a client (ip_vs_out_hook, conn_out_get)."""
         now = self._clock(now)
         key = (flow.family, flow.proto, int(flow.saddr), flow.sport, int(flow.daddr), flow.dport)
         chain = self._out.get(key)
         if not chain:
-            return Verdict("local", reason="no connection")
+            return Decision("local", reason="no connection")
         cp = chain[0]
         kind = flow.kind or ("ack" if flow.proto is Proto.TCP else flow.packet_kind)
         C.set_state(cp, C.OUTPUT, kind, self.timeouts)
         self._put(cp, now)
-        return Verdict("forward", dest=cp.vaddr, dport=cp.vport, fwd=cp.fwd, reason="snat")
+        return Decision("forward", dest=cp.vaddr, dport=cp.vport, fwd=cp.fwd, reason="snat")
 
     # ------------------------------------------------------------------ time
     def expire(self, now: float) -> None:
@@ -404,7 +404,7 @@ class Director:
 
     # ------------------------------------------------------------------ scheduling path
     def _try_to_schedule(self, flow: Flow, family: Family, kind: PacketKind, key: ConnKey,
-                         now: float) -> Entry | Verdict:
+                         now: float) -> Entry | Decision:
         """ip_vs_try_to_schedule -> pp->conn_schedule (§1.3) -> ip_vs_schedule (§1.5).
 
         ``family``, ``kind`` and ``key`` are the packet's, as :meth:`packet` derived them."""
@@ -412,18 +412,18 @@ class Director:
         proto = flow.proto
         if proto is Proto.TCP:
             if kind == "rst" or not (sc.sloppy_tcp or kind in ("syn", "synack")):
-                return Verdict("local", reason="tcp packet that cannot create a connection")
+                return Decision("local", reason="tcp packet that cannot create a connection")
         elif proto is Proto.SCTP:
             if kind == "abort" or not (sc.sloppy_sctp or kind == "init"):
-                return Verdict("local", reason="sctp chunk that cannot create a connection")
+                return Decision("local", reason="sctp chunk that cannot create a connection")
         elif proto is not Proto.UDP:
-            return Verdict("local", reason=f"protocol {proto.name} is never scheduled")
+            return Decision("local", reason=f"protocol {proto.name} is never scheduled")
         svc = self._svc_index.find(family, flow.mark, proto, key[4], flow.dport,
                                    sc.ip_unprivileged_port_start)
         if svc is None:
-            return Verdict("local", reason="no service")
+            return Decision("local", reason="no service")
         if flow.sport == FTPDATA:
-            return Verdict("local", reason="source port 20 is never scheduled")
+            return Decision("local", reason="source port 20 is never scheduled")
         if svc.persistent:
             return self._sched_persist(svc, flow, family, key, now)
         if not svc.fwmark and flow.dport != svc.svc_port:
@@ -443,7 +443,7 @@ class Director:
         return sched.schedule(svc.dests, flow)
 
     def _sched_persist(self, svc: _Svc, flow: Flow, family: Family, key: ConnKey,
-                       now: float) -> Entry | Verdict:
+                       now: float) -> Entry | Decision:
         """ip_vs_sched_persist (core.c 253-416, §2). The template lookup key is built on ints
         (masked() and fwmark_vaddr() as integer arithmetic); the address objects are made only
         for a new template."""
@@ -459,10 +459,10 @@ class Director:
         pe_data: bytes | None = None
         if svc.pe == "sip":
             if flow.proto is not Proto.UDP:
-                return Verdict("drop", reason="sip pe: not UDP")
+                return Decision("drop", reason="sip pe: not UDP")
             pe_data = sip.callid(flow.payload)
             if pe_data is None:
-                return Verdict("drop", reason="sip pe: no Call-ID")
+                return Decision("drop", reason="sip pe: no Call-ID")
         ct = self._ct_in_get((family, proto, snet, vport, vkey), pe_data)
         if ct is None or not self._check_template(ct):
             dest = self._schedule(svc, flow, now)
@@ -486,7 +486,7 @@ class Director:
         return cp
 
     def _leave(self, svc: _Svc, flow: Flow, key: ConnKey, now: float,
-               why: str) -> Entry | Verdict:
+               why: str) -> Entry | Decision:
         """ip_vs_leave (core.c 585, §1.6)."""
         if (self.sysctls.cache_bypass and svc.fwmark
                 and self._is_nonlocal_unicast(flow.daddr)):
@@ -498,8 +498,8 @@ class Director:
                 self._hash_conn(cp, key)
             return cp
         if svc.svc_port == FTPPORT and flow.dport != FTPPORT:
-            return Verdict("local", reason=f"{why}; FTP service, data port goes local")
-        return Verdict("unreachable", reason=why)
+            return Decision("local", reason=f"{why}; FTP service, data port goes local")
+        return Decision("unreachable", reason=why)
 
     def _new_conn(self, svc: _Svc, flow: Flow, family: Family, key: ConnKey, dest: DestState,
                   dport: int, ct: Entry | None) -> Entry:
@@ -649,23 +649,23 @@ class Director:
                        if t.idle_since is None or now - t.idle_since < TRASH_IDLE]
 
     # ------------------------------------------------------------------ helpers
-    def _forward(self, cp: Entry, flow: Flow, reason: str) -> Verdict:
+    def _forward(self, cp: Entry, flow: Flow, reason: str) -> Decision:
         if cp.bypass:
-            return Verdict("forward", dest=flow.daddr, dport=flow.dport, fwd=None,
+            return Decision("forward", dest=flow.daddr, dport=flow.dport, fwd=None,
                            reason="cache bypass")
         dest = cp.dest
         if dest is None:
-            return Verdict("forward", dest=cp.daddr, dport=cp.dport, fwd=cp.fwd, reason=reason)
-        # Interning, not a decision cache: a Verdict is an immutable value, and building one
+            return Decision("forward", dest=cp.daddr, dport=cp.dport, fwd=cp.fwd, reason=reason)
+        # Interning, not a decision cache: a Decision is an immutable value, and building one
         # (a frozen dataclass) costs about as much as a whole table lookup; the one built last
         # for this dest, port and reason is reused only while its address and method match.
         k = (dest, cp.dport, reason)
-        v = self._verdicts.get(k)
+        v = self._decisions.get(k)
         if v is None or v.dest is not cp.daddr or v.fwd is not cp.fwd:
-            if len(self._verdicts) >= _VERDICTS_MAX:
-                self._verdicts.clear()  # bounded: port-0 dests forward to any port
-            v = Verdict("forward", dest=cp.daddr, dport=cp.dport, fwd=cp.fwd, reason=reason)
-            self._verdicts[k] = v
+            if len(self._decisions) >= _DECISIONS_MAX:
+                self._decisions.clear()  # bounded: port-0 dests forward to any port
+            v = Decision("forward", dest=cp.daddr, dport=cp.dport, fwd=cp.fwd, reason=reason)
+            self._decisions[k] = v
         return v
 
     def _uses_old_conntrack(self, cp: Entry) -> bool:

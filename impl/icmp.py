@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from typing import Final
 
-from impl.types import Flow, Proto, Verdict
+from impl.types import Decision, Flow, Proto
 
 ICMP_PROTOS: Final = frozenset({Proto.ICMP, Proto.ICMPV6})
 
-#: the verdict for a ping to the VIP (one shared instance: a Verdict is frozen)
-ECHO_LOCAL: Final = Verdict(
+#: the verdict for a ping to the VIP (one shared instance: a Decision is frozen)
+ECHO_LOCAL: Final = Decision(
     "local",
     reason="ICMP echo is answered by the director; IPVS schedules only related ICMP errors "
     "(ip_vs_in_icmp)",
@@ -31,7 +31,7 @@ class UnmodelledIcmp(ValueError):
     """An ICMP flow that is not an echo request: the model does not predict it."""
 
 
-def icmp_verdict(flow: Flow) -> Verdict | None:
+def icmp_verdict(flow: Flow) -> Decision | None:
     """What the director does with ``flow`` if it is ICMP; None for any other protocol.
 
     Meant as the first check of ``Director.packet``: it touches no state, because ICMP never

@@ -23,7 +23,7 @@ from impl.director import Director, fwmark_vaddr, masked
 from impl.errors import ModelError
 from impl.ipvsadm import Op, apply
 from impl.kernel_level import DEFAULT, KernelLevel
-from impl.types import Flow, IPAddress, PacketKind, Proto, Sysctls, Template, Verdict
+from impl.types import Decision, Flow, IPAddress, PacketKind, Proto, Sysctls, Template
 
 _KINDS: tuple[str, ...] = get_args(PacketKind)
 _PROTOS = {"tcp": Proto.TCP, "udp": Proto.UDP, "sctp": Proto.SCTP}
@@ -51,7 +51,7 @@ Event = Flow | At
 class Prediction:
     flow: Flow
     at: float
-    verdict: Verdict
+    verdict: Decision
     template: Template | None
 
     def as_json(self) -> dict[str, Any]:
@@ -159,7 +159,7 @@ def parse_flows_file(text: str, filename: str) -> list[Event]:
     return events
 
 
-def template_for(director: Director, flow: Flow, verdict: Verdict, now: float) -> Template | None:
+def template_for(director: Director, flow: Flow, verdict: Decision, now: float) -> Template | None:
     """The valid template the model holds for ``flow`` now (None for non-persistent paths)."""
     if verdict.kind != "forward":
         return None

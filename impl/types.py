@@ -237,11 +237,11 @@ class Flow:
         return f"{self.proto.label} {src} -> {dst}{kind}{mark}"
 
 
-VerdictKind = Literal["forward", "unreachable", "drop", "local"]
+DecisionKind = Literal["forward", "unreachable", "drop", "local"]
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Decision:
     """What a director does with one packet.
 
     forward: sent to ``dest`` (address, forwarded port ``dport``, method ``fwd``);
@@ -249,7 +249,7 @@ class Verdict:
     drop: silently dropped; local: not balanced, handed to the director's own stack.
     """
 
-    kind: VerdictKind
+    kind: DecisionKind
     dest: IPAddress | None = None
     dport: int | None = None
     fwd: Fwd | None = None
@@ -347,6 +347,6 @@ class ProtoTimeouts:
 __all__ = [
     "IPAddress", "IPNetwork", "Family", "IPV4", "IPV6", "Proto", "Fwd", "SvcFlag",
     "full_netmask", "ServiceKey", "Service", "Dest", "FwmarkRule", "PacketKind", "Flow",
-    "VerdictKind", "Verdict", "TemplateState", "Template", "Connection", "Sysctls",
+    "DecisionKind", "Decision", "TemplateState", "Template", "Connection", "Sysctls",
     "ProtoTimeouts", "field",
 ]

@@ -231,7 +231,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     except LaneError as exc:
         raise pytest.UsageError(str(exc)) from None
     if not state.lane.is_vm and not provision.host_has_ipvs():
-        from harness.impls.kernel import KernelLacksIPVS, ensure_ip_vs  # noqa: PLC0415
+        from harness.implementations.kernel import KernelLacksIPVS, ensure_ip_vs  # noqa: PLC0415
 
         try:
             ensure_ip_vs()

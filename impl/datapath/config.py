@@ -1,6 +1,7 @@
 """The datapath process's configuration: a scenario plus where the director's links are.
 
-Written by the harness (:mod:`harness.impls.reference`) as JSON (:mod:`impl.datapath.codec`),
+Written by the harness (:mod:`harness.implementations.reference`) as JSON
+(:mod:`impl.datapath.codec`),
 read by ``python -m impl.datapath --config FILE``. Validated once, here.
 """
 

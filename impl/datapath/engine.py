@@ -27,15 +27,15 @@ from impl.datapath.packet import (
     undo_forward_hop,
 )
 from impl.scenario import Scenario
-from impl.types import Flow, Fwd, IPAddress, IPNetwork, Verdict
+from impl.types import Decision, Flow, Fwd, IPAddress, IPNetwork
 
 
 class Model(Protocol):
     """What the datapath needs of the reference Director (impl/director.py)."""
 
-    def packet(self, flow: Flow, now: float) -> Verdict: ...
+    def packet(self, flow: Flow, now: float) -> Decision: ...
 
-    def reply(self, flow: Flow, now: float) -> Verdict: ...
+    def reply(self, flow: Flow, now: float) -> Decision: ...
 
 
 class Wire(Protocol):
@@ -130,7 +130,7 @@ class Engine:
         self._flows[key] = flow
         return flow
 
-    def act(self, pkt: Packet, verdict: Verdict) -> str:
+    def act(self, pkt: Packet, verdict: Decision) -> str:
         """Carry out ``verdict`` for a client packet."""
         kind = verdict.kind
         if kind == "forward":

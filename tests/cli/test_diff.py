@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.cli import main
-from harness.commands.diff import diff
+from lvsconf.cli import main
+from lvsconf.commands.diff import diff
 
 
 def _rec(rule: str, verdict: str, kernel: str, family: str = "ipv4") -> dict[str, object]:

@@ -13,7 +13,7 @@ import socket
 import pytest
 
 from harness import addresses
-from harness.impls.reference import ReferenceDatapath
+from harness.implementations.reference import ReferenceDatapath
 from harness.topology import Topology, build, wait_until
 from harness.traffic import engine
 from harness.traffic.servers import ask_name_udp, fetch_name, serve

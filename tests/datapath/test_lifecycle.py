@@ -21,7 +21,7 @@ import pytest
 
 from harness import runs
 from harness.api import DirectorHandle, Implementation
-from harness.impls.reference import ReferenceDatapath, leftovers
+from harness.implementations.reference import ReferenceDatapath, leftovers
 from harness.topology import Net, Topology, build, wait_until
 from impl.types import IPV4, Fwd
 
@@ -104,7 +104,7 @@ def test_a_killed_process_is_cleaned_up_after(net: Net) -> None:
 
 
 def test_bad_config_fails_fast_with_one_line(net: Net) -> None:
-    from harness.impls.reference import DatapathStartError, start
+    from harness.implementations.reference import DatapathStartError, start
 
     config = ReferenceDatapath().config(net, persistent(IPV4, Fwd.DR))
     from dataclasses import replace
@@ -119,7 +119,7 @@ _CHILD = textwrap.dedent('''
     import json, os, sys, time
     from pathlib import Path
     sys.path.insert(0, {root!r})
-    from harness.impls.reference import ReferenceDatapath
+    from harness.implementations.reference import ReferenceDatapath
     from harness.topology import Topology, build
     from impl.types import IPV4, Fwd
     from tests.datapath.scenarios import persistent

@@ -314,7 +314,7 @@ def test_cli_sweep_prints_what_it_removed(tmp_path: Path, private_state: dict[st
     names = [n for n in runs.list_netns() if n.startswith(prefix)]
     proc.kill()
     proc.wait(timeout=CHILD_TIMEOUT)
-    out = subprocess.run([sys.executable, "-m", "harness.cli", "sweep"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "lvsconf.cli", "sweep"], capture_output=True,
                          text=True, timeout=CHILD_TIMEOUT, env=private_state)
     assert out.returncode == 0, out.stderr
     for name in names:

@@ -17,7 +17,7 @@ from pyroute2 import IPRoute
 
 from harness import runs
 from harness.addresses import DIP, RS_PREFIX, rip, vip
-from harness.impls.kernel import KernelDirector, configure, decode_netmask, in_netns
+from harness.implementations.kernel import KernelDirector, configure, decode_netmask, in_netns
 from impl.scenario import Scenario, ServiceConfig
 from impl.types import IPV4, IPV6, Dest, Fwd, Proto, Service, ServiceKey, SvcFlag
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from harness.impls.kernel import nft_fwmark_ruleset, parse_ip_vs_conn
+from harness.implementations.kernel import nft_fwmark_ruleset, parse_ip_vs_conn
 from impl.types import IPV4, IPV6, FwmarkRule, Proto
 
 CAPTURED = """\

@@ -362,7 +362,7 @@ def test_run_guest_timeout_kills_the_whole_process_group(fake_vng: Path, tmp_pat
 
 
 def test_cli_kernel_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from harness.cli import main
+    from lvsconf.cli import main
 
     assert main(["kernel", "fetch", "6.1.0-999-amd64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

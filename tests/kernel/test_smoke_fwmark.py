@@ -13,7 +13,7 @@ import ipaddress
 import pytest
 
 from harness.addresses import VIP_NET, cip, rip, vip
-from harness.impls.kernel import KernelIPVS, read_ip_vs_conn
+from harness.implementations.kernel import KernelIPVS, read_ip_vs_conn
 from harness.topology import Topology, build
 from harness.traffic import engine
 from impl.scenario import Scenario, Send, ServiceConfig

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
 from impl.ipvsadm import parse_rules
 from impl.predict import At, PredictError, parse_flow, parse_flows_file, predict
 from impl.types import Proto
+from lvsconf.cli import main
 
 RULES = """\
 -A -t 198.19.0.1:80 -s rr -p 60 -M 255.255.255.0

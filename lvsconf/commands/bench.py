@@ -1,6 +1,6 @@
 """``lvsconf bench model|traffic|datapath``: benchmarks that print figures and a final ratio line.
 
-Each target lives in :mod:`harness.bench.<target>` exposing ``add_arguments(parser)`` and
+Each target lives in :mod:`lvsconf.bench.<target>` exposing ``add_arguments(parser)`` and
 ``run(args) -> int``. Benchmarks measure side by side in one run; they assert nothing.
 """
 
@@ -17,9 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     targets = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
     for name in TARGETS:
         try:
-            module = importlib.import_module(f"harness.bench.{name}")
+            module = importlib.import_module(f"lvsconf.bench.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name is None or not f"harness.bench.{name}".startswith(exc.name):
+            if exc.name is None or not f"lvsconf.bench.{name}".startswith(exc.name):
                 raise
             continue
         p = targets.add_parser(name, help=(module.__doc__ or name).strip().splitlines()[0])

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.casework import Case
-from harness.impls.reference import ReferenceDatapath
+from conformance.runner.casework import Case
+from harness.implementations.reference import ReferenceDatapath
 from impl.scenario import Advance, DelDest, Scenario, Send, ServiceConfig
 from impl.types import IPV4, Dest, Proto, Service, ServiceKey
 
@@ -83,7 +83,7 @@ def test_lvsconf_run_one_real_case(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "lvsconf.cli",
             "run",
             "--impl",
             "reference",

@@ -8,7 +8,7 @@ A case is a test function taking the ``case`` fixture::
         case.run(scenario).assert_conforms()
 
 The decorator records the rule in :data:`REGISTRY` and on the function (``__lvs_rule__``), where
-the pytest plugin (:mod:`harness.conformance_plugin`) finds it to parametrise the ``case``
+the pytest plugin (:mod:`conformance.runner.plugin`) finds it to parametrise the ``case``
 fixture over implementation x family, to mark kernel and slow items, to skip items whose kernel
 features are missing, and to turn declared divergences into ``xfail(strict=True)``.
 """

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.conformance_plugin import PROGRESS_ENV, REQUIRE_CASES_ENV
-from harness.impls.registry import ImplError, resolve
+from conformance.runner.plugin import PROGRESS_ENV, REQUIRE_CASES_ENV
+from harness.implementations.registry import ImplError, resolve
 
 DEFAULT_REPORT = "lvs-report"
 #: per-case pytest-timeout: a wedged case fails alone (slow rules wait ~60-120 s on purpose)
@@ -123,7 +123,7 @@ def list_rules() -> list[str]:
     import importlib
     import pkgutil
 
-    from conformance.rules import REGISTRY
+    from conformance.runner.rules import REGISTRY
 
     for info in pkgutil.iter_modules([str(conformance_dir())]):
         if info.name.startswith("test_"):

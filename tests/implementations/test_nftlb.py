@@ -12,8 +12,8 @@ from collections import defaultdict
 import pytest
 
 from harness import addresses, runs
-from harness.impls import nftlb
-from harness.impls.nftlb import (
+from harness.implementations import nftlb
+from harness.implementations.nftlb import (
     MISSING,
     Links,
     Nftlb,
@@ -23,7 +23,7 @@ from harness.impls.nftlb import (
     farm_modes,
     unsupported_reason,
 )
-from harness.impls.registry import DEFAULT_ORDER, resolve
+from harness.implementations.registry import DEFAULT_ORDER, resolve
 from harness.topology import Net
 from harness.traffic.engine import run as send
 from impl.scenario import (

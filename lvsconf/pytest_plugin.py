@@ -1,11 +1,10 @@
 """The lvsconf pytest plugin (registered through the ``pytest11`` entry point).
 
-Options map onto one frozen config object (:mod:`harness.config`). Fixtures and hooks live in
-small modules, each registered here, so every part of the harness owns its own file:
+Declares the options and registers the parts, each in its own module:
 
 - :mod:`harness.fixtures` — run prefix, sweep at session start, ``topology``/``net`` fixtures;
 - :mod:`harness.lanes.pytest_lane` — kernel lanes (``--kernel``), VM runs, guest results;
-- :mod:`harness.conformance_plugin` — implementations (``--impl``), cases, verdicts, reports.
+- :mod:`conformance.runner.plugin` — implementations (``--impl``), cases, verdicts, reports.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import importlib
 
 import pytest
 
-_PARTS = ("harness.fixtures", "harness.lanes.pytest_lane", "harness.conformance_plugin")
+_PARTS = ("harness.fixtures", "harness.lanes.pytest_lane", "conformance.runner.plugin")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,11 +37,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     for name in _PARTS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not name.startswith(exc.name):
-                raise
-            continue  # part not built yet
+        module = importlib.import_module(name)
         if not config.pluginmanager.is_registered(module):
             config.pluginmanager.register(module, f"lvsconf-{name}")

@@ -7,8 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from harness.api import Outcome
-from harness.casework import (
+from conformance.runner.casework import (
     ClockStalled,
     Unsupported,
     compare_templates,
@@ -17,8 +16,9 @@ from harness.casework import (
     persistence_key,
     same_outcome,
 )
+from harness.api import Outcome
 from impl.scenario import Advance, DelDest, Send
-from impl.types import IPV4, IPV6, Fwd, Proto, Service, ServiceKey, Template, Verdict
+from impl.types import IPV4, IPV6, Decision, Fwd, Proto, Service, ServiceKey, Template
 
 from .fakes import FakeImpl, make_case, persistent_scenario, relabel
 
@@ -37,18 +37,18 @@ def _flow(proto: Proto = Proto.TCP, dport: int = 80):
 
 
 def test_forward_nat_maps_to_rs_and_forwarded_port() -> None:
-    v = Verdict("forward", dest=RIP1, dport=8080, fwd=Fwd.NAT)
+    v = Decision("forward", dest=RIP1, dport=8080, fwd=Fwd.NAT)
     assert expected_outcome(v, _flow()) == Outcome("forward", 0, RIP1, 8080)
 
 
 @pytest.mark.parametrize("fwd", [Fwd.DR, Fwd.TUN])
 def test_forward_dr_tun_keep_the_packet_port_and_vip(fwd: Fwd) -> None:
-    v = Verdict("forward", dest=RIP1, dport=8080, fwd=fwd)
+    v = Decision("forward", dest=RIP1, dport=8080, fwd=fwd)
     assert expected_outcome(v, _flow()) == Outcome("forward", 0, VIP, 80)
 
 
 def test_nat_to_port_zero_dest_keeps_the_packet_port() -> None:
-    v = Verdict("forward", dest=RIP1, dport=0, fwd=Fwd.NAT)
+    v = Decision("forward", dest=RIP1, dport=0, fwd=Fwd.NAT)
     assert expected_outcome(v, _flow(dport=443)).port == 443
 
 
@@ -63,14 +63,14 @@ def test_nat_to_port_zero_dest_keeps_the_packet_port() -> None:
     ],
 )
 def test_non_forward_verdicts(kind: str, proto: Proto, wire: str) -> None:
-    assert expected_outcome(Verdict(kind), _flow(proto)).kind == wire  # type: ignore[arg-type]
+    assert expected_outcome(Decision(kind), _flow(proto)).kind == wire  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("proto", "kind"), [(Proto.TCP, "rst"), (Proto.SCTP, "abort")])
 def test_local_rst_and_abort_get_no_answer(proto: Proto, kind: str) -> None:
     flow = replace(_flow(proto), kind=kind)  # type: ignore[arg-type]
-    assert expected_outcome(Verdict("local"), flow).kind == "dropped"
-    assert expected_outcome(Verdict("local"), replace(flow, kind="ack")).kind == "local"
+    assert expected_outcome(Decision("local"), flow).kind == "dropped"
+    assert expected_outcome(Decision("local"), replace(flow, kind="ack")).kind == "local"
 
 
 def test_same_outcome_compares_rs_port_and_known_addresses() -> None:

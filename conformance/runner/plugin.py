@@ -5,7 +5,8 @@
   guest), slow rules the ``slow`` marker, declared divergences ``xfail(strict=True)``.
 - Each decisive report carries a JSON-able record in ``user_properties`` (``("lvsconf", {...})``)
   so records survive pytest-xdist and the VM round trip; the controller collects them.
-- ``--lvs-report DIR`` writes results.json, index.html and summary.md (:mod:`harness.report`).
+- ``--lvs-report DIR`` writes results.json, index.html and summary.md
+  (:mod:`conformance.runner.report`).
 - Never a vacuous green: selecting no case is an error; a case that passes without running a
   scenario, or whose scenario did not conform, fails; the terminal's last line reads
   ``N passed, N failed, N skipped`` over the conformance verdicts.
@@ -23,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from conformance.rules import RuleInfo, rule_of
-from harness import report as lvs_report
+from conformance.runner import report as lvs_report
+from conformance.runner.casework import Case, ModelFactory, TrafficFn, Unsupported
+from conformance.runner.rules import RuleInfo, rule_of
 from harness.api import Implementation
-from harness.casework import Case, ModelFactory, TrafficFn, Unsupported
-from harness.impls.registry import ImplError, Selection, resolve
+from harness.implementations.registry import ImplError, Selection, resolve
 from impl.kernel_level import DEFAULT, KernelLevel, parse_release
 from impl.types import Family
 
@@ -175,7 +176,7 @@ def case(request: pytest.FixtureRequest, lvs_case_env: CaseEnvironment) -> Case:
     if info is None or not hasattr(request, "param"):
         raise pytest.UsageError(
             f"{request.node.nodeid}: the case fixture is for @rule conformance tests only; "
-            "decorate the test with conformance.rules.rule"
+            "decorate the test with conformance.runner.rules.rule"
         )
     impl_name, family = request.param
     impl = next(i for i in selection(request.config).impls if i.name == impl_name)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import harness.conformance_plugin as plugin
-from conformance.rules import rule
+import conformance.runner.plugin as plugin
+from conformance.runner.rules import rule
 from impl.types import IPV4, IPV6
 
 from .fakes import FakeImpl
@@ -23,8 +23,8 @@ CONFTEST = """
 import os
 import pytest
 from _pytest.reports import TestReport
-from harness.conformance_plugin import CaseEnvironment
-from conformance_unit.fakes import FAKE, FakeNet, fake_traffic
+from conformance.runner.plugin import CaseEnvironment
+from runner.fakes import FAKE, FakeNet, fake_traffic
 
 class _NoSctp:
     def missing(self, name):
@@ -54,8 +54,8 @@ def pytest_runtest_protocol(item, nextitem):
 
 CASES = '''
 from dataclasses import replace
-from conformance.rules import rule
-from conformance_unit.fakes import persistent_scenario
+from conformance.runner.rules import rule
+from runner.fakes import persistent_scenario
 from impl.types import IPV4
 
 
@@ -133,7 +133,7 @@ def _run(tmp_path: Path, *args: str, **env_extra: str) -> subprocess.CompletedPr
             "--rootdir",
             str(tmp_path),
             "--impl",
-            "conformance_unit.fakes:FAKE",
+            "runner.fakes:FAKE",
             *args,
         ],
         cwd=tmp_path,
@@ -250,7 +250,7 @@ class _Metafunc:
 
 class _Config:
     def __init__(self, impls: list[FakeImpl]) -> None:
-        from harness.impls.registry import Selection
+        from harness.implementations.registry import Selection
 
         self.stash = pytest.Stash()
         self.stash[plugin._selection_key] = Selection(tuple(impls))  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.report import ReportError, load
+from conformance.runner.report import ReportError, load
 
 Key = tuple[str, str, str]
 GOOD = frozenset({"exact", "equivalent", "diverges"})

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from harness.cli import build_parser
-from harness.commands import run as run_cmd
+from lvsconf.cli import build_parser
+from lvsconf.commands import run as run_cmd
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -69,7 +69,7 @@ def test_bad_worker_count_is_rejected() -> None:
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "run", *argv],
+        [sys.executable, "-m", "lvsconf.cli", "run", *argv],
         capture_output=True,
         text=True,
         timeout=120,
@@ -88,7 +88,7 @@ def test_each_case_gets_a_timeout() -> None:
 
 
 def test_list_names_every_rule_with_its_source() -> None:
-    from conformance.rules import REGISTRY
+    from conformance.runner.rules import REGISTRY
 
     lines = run_cmd.list_rules()
     ids = [ln.split()[0] for ln in lines if not ln.startswith(" ")]

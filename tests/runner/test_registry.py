@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.impls.registry import ImplError, resolve, resolve_one
+from harness.implementations.registry import ImplError, resolve, resolve_one
 
 from .fakes import FakeImpl
 
@@ -22,9 +22,9 @@ def needs_args(x: int) -> FakeImpl:
 
 
 def test_module_attr_instance_class_and_factory() -> None:
-    assert resolve_one("conformance_unit.fakes:FAKE").name == "fake"
-    assert isinstance(resolve_one("conformance_unit.fakes:FakeImpl"), FakeImpl)
-    made = resolve_one("conformance_unit.test_registry:make_fake")
+    assert resolve_one("runner.fakes:FAKE").name == "fake"
+    assert isinstance(resolve_one("runner.fakes:FakeImpl"), FakeImpl)
+    made = resolve_one("runner.test_registry:make_fake")
     assert made.name == "factory-made"
 
 
@@ -34,7 +34,7 @@ def test_builtins_are_instances_not_classes() -> None:
 
 
 def test_comma_separated_selection_keeps_order() -> None:
-    sel = resolve("reference, conformance_unit.fakes:FAKE")
+    sel = resolve("reference, runner.fakes:FAKE")
     assert sel.names == ("reference", "fake")
 
 
@@ -58,11 +58,11 @@ def test_default_without_builtins_is_an_error() -> None:
         ("nope", "--impl 'nope': unknown implementation; use one of kernel, reference"),
         ("no_such_mod_h7x:X", "cannot import module no_such_mod_h7x"),
         (
-            "conformance_unit.fakes:Missing",
-            "module conformance_unit.fakes has no attribute Missing",
+            "runner.fakes:Missing",
+            "module runner.fakes has no attribute Missing",
         ),
-        ("conformance_unit.test_registry:NotAnImpl", "is not an Implementation"),
-        ("conformance_unit.test_registry:needs_args", "with no arguments failed"),
+        ("runner.test_registry:NotAnImpl", "is not an Implementation"),
+        ("runner.test_registry:needs_args", "with no arguments failed"),
         (":x", "expected kernel, reference or module:attr"),
         (" , ", "--impl is empty"),
         ("reference,reference", "already selected"),

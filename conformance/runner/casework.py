@@ -44,6 +44,7 @@ from impl.scenario import (
     Step,
 )
 from impl.types import (
+    Decision,
     Dest,
     Family,
     Flow,
@@ -54,21 +55,20 @@ from impl.types import (
     Service,
     ServiceKey,
     Template,
-    Verdict,
 )
 
 if TYPE_CHECKING:
     from harness.topology import Net
+    from harness.traffic.engine import Mode
 
 Grade = Literal["exact", "equivalent", "fail"]
-SendMode = Literal["ordered", "batch"]
-TrafficFn = Callable[["Net", Sequence[Flow], SendMode], list[Outcome]]
+TrafficFn = Callable[["Net", Sequence[Flow], "Mode"], list[Outcome]]
 
 
 class Model(Protocol):
     """What the case needs of the reference model (:class:`impl.director.Director`)."""
 
-    def packet(self, flow: Flow, now: float) -> Verdict: ...
+    def packet(self, flow: Flow, now: float) -> Decision: ...
     def templates(self, now: float) -> list[Template]: ...
     def add_dest(self, key: ServiceKey, dest: Dest, now: float = 0.0) -> None: ...
     def edit_dest(self, key: ServiceKey, dest: Dest, now: float = 0.0) -> None: ...
@@ -92,7 +92,7 @@ class ClockStalled(RuntimeError):
 # --------------------------------------------------------------------------- verdict -> outcome
 
 
-def expected_outcome(verdict: Verdict, flow: Flow) -> Outcome:
+def expected_outcome(verdict: Decision, flow: Flow) -> Outcome:
     """What the wire should show for the model's ``verdict`` on ``flow``.
 
     forward: the real server owning the dest address; NAT rewrites the port to the forwarded
@@ -302,7 +302,7 @@ class CaseResult:
     flows: list[Flow] = field(default_factory=list)
     expected: list[Outcome] = field(default_factory=list)
     observed: list[Outcome] = field(default_factory=list)
-    model_verdicts: list[Verdict] = field(default_factory=list)
+    model_decisions: list[Decision] = field(default_factory=list)
     #: per flow: (persistence key, stretch of the scenario) or None (no persistence)
     groups: list[tuple[object, ...] | None] = field(default_factory=list)
     template_checks: list[TemplateCheck] = field(default_factory=list)
@@ -342,7 +342,7 @@ class CaseResult:
             "flows": [str(f) for f in self.flows],
             "expected": [str(o) for o in self.expected],
             "observed": [str(o) for o in self.observed],
-            "model_verdicts": [str(v) for v in self.model_verdicts],
+            "model_decisions": [str(v) for v in self.model_decisions],
             "templates": [
                 {
                     "step": c.step,
@@ -481,7 +481,7 @@ def explain(result: CaseResult) -> str:
     for i, f in enumerate(result.flows):
         e, o = result.expected[i], result.observed[i]
         mark = "" if same_outcome(e, o) else "<-- differs"
-        rows.append([str(i + 1), str(f), str(result.model_verdicts[i]), str(e), str(o), mark])
+        rows.append([str(i + 1), str(f), str(result.model_decisions[i]), str(e), str(o), mark])
     out += ["  " + line for line in _table(rows)]
     for c in result.template_checks:
         out.append("")
@@ -517,7 +517,7 @@ def _default_model_factory(scenario: Scenario, level: KernelLevel) -> Model:
 
 
 def _default_traffic(
-    net: Net, flows: Sequence[Flow], mode: SendMode, *, allow_ftpdata: bool = False
+    net: Net, flows: Sequence[Flow], mode: Mode, *, allow_ftpdata: bool = False
 ) -> list[Outcome]:
     from harness.traffic.engine import run
 
@@ -696,7 +696,7 @@ class Case:
             else:
                 raise TypeError(f"scenario {scenario.name}: unknown step {step!r}")
 
-    def _send(self, net: Net, flows: Sequence[Flow], mode: SendMode) -> list[Outcome]:
+    def _send(self, net: Net, flows: Sequence[Flow], mode: Mode) -> list[Outcome]:
         outcomes = self._sending(net, flows, mode)
         if len(outcomes) != len(flows):
             raise RuntimeError(
@@ -708,7 +708,7 @@ class Case:
     def _record(
         result: CaseResult,
         flow: Flow,
-        verdict: Verdict,
+        verdict: Decision,
         observed: Outcome,
         services: dict[ServiceKey, Service],
         unpriv: int,
@@ -717,7 +717,7 @@ class Case:
         expected = expected_outcome(verdict, flow)
         key = persistence_key(services, flow, unpriv)
         result.flows.append(flow)
-        result.model_verdicts.append(verdict)
+        result.model_decisions.append(verdict)
         result.expected.append(expected)
         result.observed.append(observed)
         # Flows share a group when they share a key, a stretch and the model's server: then

@@ -11,8 +11,8 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from conformance.runner.casework import Case, expected_outcome
 from harness.api import Outcome
-from harness.casework import Case, expected_outcome
 from impl.director import Director
 from impl.kernel_level import DEFAULT, KernelLevel
 from impl.scenario import Scenario, ServiceConfig

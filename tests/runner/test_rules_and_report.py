@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conformance.rules import KNOWN_FEATURES, REGISTRY, RuleError, rule, rule_of
-from harness import report
+from conformance.runner import report
+from conformance.runner.rules import KNOWN_FEATURES, REGISTRY, RuleError, rule, rule_of
 from harness.features import KernelFeatures
 from impl.types import IPV6
 
@@ -85,7 +85,7 @@ RECORDS = [
         flows=["tcp a -> b"],
         expected=["rs1:80"],
         observed=["rs1:80"],
-        model_verdicts=["forward"],
+        model_decisions=["forward"],
         templates=[{"step": 0, "at": 0.1, "expected": ["T1"], "observed": ["T1"]}],
     ),
     _rec(
@@ -154,6 +154,7 @@ def test_bad_records_and_files_are_named(tmp_path: Path) -> None:
 
 
 def test_summary_names_implementations_left_out(tmp_path: Path) -> None:
-    meta = {"left_out": [{"implementation": "kernel", "reason": "no module harness.impls.kernel"}]}
+    reason = "no module harness.implementations.kernel"
+    meta = {"left_out": [{"implementation": "kernel", "reason": reason}]}
     paths = report.write(tmp_path, RECORDS, meta=meta)
-    assert "- not run: **kernel** (no module harness.impls.kernel)" in paths.summary_md.read_text()
+    assert f"- not run: **kernel** ({reason})" in paths.summary_md.read_text()

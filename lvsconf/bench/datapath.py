@@ -27,7 +27,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from harness.addresses import cip, rip, vip
-from harness.impls.reference import ReferenceDatapath
+from harness.implementations.reference import ReferenceDatapath
 from harness.topology import Net, Topology, build
 from impl.scenario import Scenario, ServiceConfig
 from impl.types import IPV4, IPV6, Dest, Family, Fwd, IPAddress, Proto, Service, ServiceKey

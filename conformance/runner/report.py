@@ -179,7 +179,7 @@ def _evidence(index: int, rec: dict[str, Any]) -> str:
     flows = rec.get("flows") or []
     if flows:
         expected, observed = rec.get("expected") or [], rec.get("observed") or []
-        model = rec.get("model_verdicts") or [""] * len(flows)
+        model = rec.get("model_decisions") or [""] * len(flows)
         parts.append(
             "<table><tr><th>#</th><th>flow</th><th>model</th><th>expected</th>"
             "<th>observed</th></tr>"

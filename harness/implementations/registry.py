@@ -21,10 +21,10 @@ from harness.api import Implementation
 
 #: built-in implementation name -> "module:attr" of its class
 BUILTINS: dict[str, str] = {
-    "reference": "harness.impls.reference:ReferenceDatapath",
-    "kernel": "harness.impls.kernel:KernelIPVS",
+    "reference": "harness.implementations.reference:ReferenceDatapath",
+    "kernel": "harness.implementations.kernel:KernelIPVS",
     # opt-in only (not in DEFAULT_ORDER): a third-party daemon not everybody has installed
-    "nftlb": "harness.impls.nftlb:Nftlb",
+    "nftlb": "harness.implementations.nftlb:Nftlb",
 }
 #: order of the default selection (and of report columns)
 DEFAULT_ORDER: tuple[str, ...] = ("kernel", "reference")

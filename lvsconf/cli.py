@@ -1,6 +1,6 @@
 """The ``lvsconf`` command line.
 
-Each subcommand lives in its own module under :mod:`harness.commands` exposing
+Each subcommand lives in its own module under :mod:`lvsconf.commands` exposing
 ``register(subparsers)`` (adds its parser and sets ``func``); ``func(args) -> int``.
 """
 
@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 import sys
 
-import harness.commands
+import lvsconf.commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,8 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lvsconf", description="IPVS persistence conformance: harness, model and suite"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(harness.commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"harness.commands.{info.name}")
+    for info in sorted(pkgutil.iter_modules(lvsconf.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"lvsconf.commands.{info.name}")
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)

@@ -1,1 +1,0 @@
-"""Subcommands of the lvsconf CLI, one module each (see harness.cli)."""

@@ -1,0 +1,1 @@
+"""Subcommands of the lvsconf CLI, one module each (see lvsconf.cli)."""
