@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from conformance.runner.casework import Case
+from conformance.runner.case import Case
 from conformance.runner.rules import rule
 from harness.addresses import VIP_NET
 from impl.scenario import Scenario, Send, ServiceConfig

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from conformance.runner.casework import Case
+from conformance.runner.case import Case
 from conformance.runner.rules import rule
 from impl.scenario import Scenario, Send, ServiceConfig, SetSysctl
 from impl.types import IPV4, Flow, FwmarkRule, PacketKind, Proto, Service, ServiceKey

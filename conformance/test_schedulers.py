@@ -16,7 +16,8 @@ import dataclasses
 import ipaddress
 from collections import Counter
 
-from conformance.runner.casework import Case, CaseResult
+from conformance.runner.case import Case
+from conformance.runner.grading import CaseResult
 from conformance.runner.rules import rule
 from impl.scenario import (
     AddDest,

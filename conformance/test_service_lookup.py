@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from conformance.runner.casework import Case
+from conformance.runner.case import Case
 from conformance.runner.rules import rule
 from harness import addresses
 from harness.addresses import VIP_NET

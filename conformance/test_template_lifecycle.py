@@ -17,7 +17,7 @@ import ipaddress
 
 import pytest
 
-from conformance.runner.casework import Case
+from conformance.runner.case import Case
 from conformance.runner.rules import rule
 from impl.scenario import (
     AddDest,

@@ -140,6 +140,22 @@ def mask_bits(service: Service) -> int:
     return ((1 << plen) - 1) << (128 - plen) if plen else 0
 
 
+def template_key_parts(
+    proto: Proto, dport: int, vaddr: object, svc_port: int, fwmark: int
+) -> tuple[Proto, int, object]:
+    """The ``<proto, vport, vaddr>`` part of the template key a persistent service looks up
+    (ip_vs_sched_persist, net/netfilter/ipvs/ip_vs_core.c, 6.1/6.12): the packet's own port for
+    a normal service (0 for FTP, port 21); otherwise port 0, and for a fwmark service protocol
+    ``IP`` with the mark as the address (``vaddr`` is the packet's destination, in whatever form
+    the caller keys addresses). Shared by the model and the suite's equivalence grading.
+    """
+    if dport == svc_port:
+        return proto, (0 if svc_port == FTPPORT else dport), vaddr
+    if fwmark:
+        return Proto.IP, 0, fwmark & 0xFFFFFFFF  # _first32(fwmark_vaddr(family, mark))
+    return proto, 0, vaddr
+
+
 def fwmark_vaddr(family: Family, mark: int) -> IPAddress:
     """A fwmark template's vaddr: htonl(mark) in the first 32 bits, the rest zero."""
     if family is Family.IPV4:
@@ -450,12 +466,7 @@ class Director:
         fwmark = svc.fwmark
         svc_port = svc.svc_port
         snet = key[2] & svc.mask_bits  # int(masked(flow.saddr, service))
-        proto, vkey, vport = flow.proto, key[4], 0
-        if flow.dport == svc_port:
-            if svc_port != FTPPORT:
-                vport = flow.dport
-        elif fwmark:
-            proto, vkey = Proto.IP, fwmark & 0xFFFFFFFF  # _first32(fwmark_vaddr(family, mark))
+        proto, vport, vkey = template_key_parts(flow.proto, flow.dport, key[4], svc_port, fwmark)
         pe_data: bytes | None = None
         if svc.pe == "sip":
             if flow.proto is not Proto.UDP:

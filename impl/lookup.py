@@ -55,7 +55,7 @@ class ServiceIndex(Generic[T]):
     tuples with the vaddr as an int, because building a ``ServiceKey`` (a frozen dataclass) and
     hashing its ipaddress (``__hash__`` is Python code) cost more than the rest of a lookup.
     Keep :meth:`find` in step with :func:`find_service` (the Director uses ``find``;
-    conformance.runner.casework uses ``find_service``)."""
+    conformance.runner.grading uses ``find_service``)."""
 
     def __init__(self) -> None:
         self._by_mark: dict[tuple[Family, int], T] = {}

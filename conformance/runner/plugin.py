@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from conformance.runner import report as lvs_report
-from conformance.runner.casework import Case, ModelFactory, TrafficFn, Unsupported
+from conformance.runner.case import Case, ModelFactory, TrafficFn, Unsupported
 from conformance.runner.rules import RuleInfo, rule_of
 from harness.api import Implementation
 from harness.implementations.registry import ImplError, Selection, resolve

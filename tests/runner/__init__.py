@@ -1,1 +1,1 @@
-"""Unit tests of the conformance runner (rules, casework, plugin, reports, lvsconf run)."""
+"""Unit tests of the conformance runner (rules, case, grading, plugin, reports, lvsconf run)."""

@@ -11,7 +11,8 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
-from conformance.runner.casework import Case, expected_outcome
+from conformance.runner.case import Case
+from conformance.runner.outcomes import expected_outcome
 from harness.api import Outcome
 from impl.director import Director
 from impl.kernel_level import DEFAULT, KernelLevel

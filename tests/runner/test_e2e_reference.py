@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.runner.casework import Case
+from conformance.runner.case import Case
 from harness.implementations.reference import ReferenceDatapath
 from impl.scenario import Advance, DelDest, Scenario, Send, ServiceConfig
 from impl.types import IPV4, Dest, Proto, Service, ServiceKey

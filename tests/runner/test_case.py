@@ -7,15 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from conformance.runner.casework import (
-    ClockStalled,
-    Unsupported,
-    compare_templates,
-    expected_outcome,
-    expires_tolerance,
-    persistence_key,
-    same_outcome,
-)
+from conformance.runner.case import ClockStalled, Unsupported
+from conformance.runner.grading import persistence_key
+from conformance.runner.outcomes import expected_outcome, same_outcome
+from conformance.runner.templates import compare_templates, expires_tolerance
 from harness.api import Outcome
 from impl.scenario import Advance, DelDest, Send
 from impl.types import IPV4, IPV6, Decision, Fwd, Proto, Service, ServiceKey, Template
