@@ -230,9 +230,7 @@ def test_sh(case: Case) -> None:
             ServiceConfig(Service(svc[0], "sh"), case.dests(*weights)),
             ServiceConfig(Service(svc[1], "sh", sched_flags=SvcFlag.SCHED2), case.dests(*weights)),
             ServiceConfig(Service(svc[2], "sh"), case.dests(*zero_mid)),
-            ServiceConfig(
-                Service(svc[3], "sh", sched_flags=SvcFlag.SCHED1), case.dests(*zero_mid)
-            ),
+            ServiceConfig(Service(svc[3], "sh", sched_flags=SvcFlag.SCHED1), case.dests(*zero_mid)),
         ),
         steps=(
             _sh_clients(case, 0, (40000, 41000)),
@@ -308,9 +306,7 @@ def test_dh(case: Case) -> None:
     scenario = Scenario(
         name="dh",
         services=tuple(
-            ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(v), 80), "dh"), case.dests(1, 1, 1)
-            )
+            ServiceConfig(Service(ServiceKey(fam, TCP, case.vip(v), 80), "dh"), case.dests(1, 1, 1))
             for v in (0, 1)
         ),
         steps=(Send(new_flows(case, TCP, 0, 80, 6) + new_flows(case, TCP, 1, 80, 6, net=1)),),

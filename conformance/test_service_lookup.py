@@ -391,11 +391,7 @@ def test_udp_any(case: Case) -> None:
     key = ServiceKey(case.family, UDP, case.vip(0), 53)
     scenario = Scenario(
         name="udp-any",
-        services=(
-            ServiceConfig(
-                Service(key, "rr"), case.dests()
-            ),
-        ),
+        services=(ServiceConfig(Service(key, "rr"), case.dests()),),
         steps=(
             Send(
                 (

@@ -98,8 +98,11 @@ def _nftables(ns: str) -> bool:
     if exe is None:
         return False
     proc = subprocess.run(
-        [exe, "add", "table", "inet", "lvsconf_probe"], capture_output=True, timeout=30,
-        preexec_fn=runs.netns_preexec(ns), check=False,
+        [exe, "add", "table", "inet", "lvsconf_probe"],
+        capture_output=True,
+        timeout=30,
+        preexec_fn=runs.netns_preexec(ns),
+        check=False,
     )
     return proc.returncode == 0
 
@@ -126,8 +129,14 @@ def _probe(run: runs.Run) -> KernelFeatures:
         finally:
             ipr.close()
         return KernelFeatures(
-            ip_vs=_ip_vs(ns), ipip=ipip, ip6tnl=ip6tnl, sctp=_sctp(ns), veth=veth,
-            bridge=bridge, nftables=_nftables(ns), tun=_tun(),
+            ip_vs=_ip_vs(ns),
+            ipip=ipip,
+            ip6tnl=ip6tnl,
+            sctp=_sctp(ns),
+            veth=veth,
+            bridge=bridge,
+            nftables=_nftables(ns),
+            tun=_tun(),
         )
     finally:
         runs.remove_netns(ns)

@@ -173,6 +173,13 @@ def skip_unless(features: KernelFeatures, *names: str) -> None:
 
 
 __all__: list[Any] = [
-    "NEEDS_ROOT", "fresh_net", "kernel_features", "lvs_run", "lvs_topology", "make_net",
-    "net", "skip_unless", "topology_spec",
+    "NEEDS_ROOT",
+    "fresh_net",
+    "kernel_features",
+    "lvs_run",
+    "lvs_topology",
+    "make_net",
+    "net",
+    "skip_unless",
+    "topology_spec",
 ]

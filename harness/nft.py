@@ -21,8 +21,13 @@ def nft(netns: str, script: str, timeout: float = 30.0) -> str:
     if exe is None:
         raise NftError("nft not found: apt-get install nftables")
     proc = subprocess.run(
-        [exe, "-f", "-"], input=script, text=True, capture_output=True, timeout=timeout,
-        preexec_fn=netns_preexec(netns), check=False,
+        [exe, "-f", "-"],
+        input=script,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        preexec_fn=netns_preexec(netns),
+        check=False,
     )
     if proc.returncode != 0:
         first = (proc.stderr.strip().splitlines() or ["(no message)"])[0]
@@ -36,8 +41,12 @@ def nft_list(netns: str, timeout: float = 30.0) -> str:
     if exe is None:
         raise NftError("nft not found: apt-get install nftables")
     proc = subprocess.run(
-        [exe, "list", "ruleset"], text=True, capture_output=True, timeout=timeout,
-        preexec_fn=netns_preexec(netns), check=False,
+        [exe, "list", "ruleset"],
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        preexec_fn=netns_preexec(netns),
+        check=False,
     )
     if proc.returncode != 0:
         raise NftError(f"nft list ruleset failed in namespace {netns}: {proc.stderr.strip()}")

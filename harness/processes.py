@@ -32,8 +32,14 @@ def workdir(stack: contextlib.ExitStack, run: runs.Run | None, netns: str, tag: 
 
 @contextlib.contextmanager
 def netns_process(
-    argv: Sequence[str], netns: str, run: runs.Run | None, log: IO[bytes], *,
-    stdout_pipe: bool = False, env: dict[str, str] | None = None, grace: float = STOP_GRACE,
+    argv: Sequence[str],
+    netns: str,
+    run: runs.Run | None,
+    log: IO[bytes],
+    *,
+    stdout_pipe: bool = False,
+    env: dict[str, str] | None = None,
+    grace: float = STOP_GRACE,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``argv`` inside namespace ``netns`` until the block exits, then stop it.
 
@@ -47,9 +53,13 @@ def netns_process(
         enter()
 
     proc = subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE if stdout_pipe else log, stderr=log, env=env,
-        preexec_fn=preexec, start_new_session=True,
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if stdout_pipe else log,
+        stderr=log,
+        env=env,
+        preexec_fn=preexec,
+        start_new_session=True,
     )
     try:
         if run is not None:

@@ -211,11 +211,16 @@ class Run:
         raise RunError(f"no free run prefix in {OWNERS_DIR}; run `lvsconf sweep`")
 
     def _content(self) -> str:
-        return json.dumps({
-            "prefix": self.prefix, "pid": self.pid, "start": self.start,
-            "worker": self.worker, "created": time.time(),
-            "children": [{"pid": c.pid, "start": c.start} for c in self._children],
-        })
+        return json.dumps(
+            {
+                "prefix": self.prefix,
+                "pid": self.pid,
+                "start": self.start,
+                "worker": self.worker,
+                "created": time.time(),
+                "children": [{"pid": c.pid, "start": c.start} for c in self._children],
+            }
+        )
 
     def _claim(self) -> bool:
         tmp = OWNERS_DIR / f".{self.prefix}.{self.pid}.tmp"
@@ -461,6 +466,7 @@ def enter_netns(name: str | int) -> Iterator[None]:
             _setns(own)
     finally:
         os.close(own)
+
 
 def netns_preexec(name: str) -> Callable[[], None]:
     """A ``preexec_fn`` that moves a child process into namespace ``name`` before exec.

@@ -277,8 +277,15 @@ def _configure_client(net: Net) -> None:
     with node.ipr() as ipr:
         for fam in net.topology.families:
             # scope host, as `ip route add local ...` sets it (the kernel rejects universe)
-            ipr.route("add", dst=str(addresses.CLIENT_POOL[fam]), type="local", oif=1,
-                      table=RT_TABLE_LOCAL, family=int(fam), scope=254 if fam is IPV4 else 0)
+            ipr.route(
+                "add",
+                dst=str(addresses.CLIENT_POOL[fam]),
+                type="local",
+                oif=1,
+                table=RT_TABLE_LOCAL,
+                family=int(fam),
+                scope=254 if fam is IPV4 else 0,
+            )
 
 
 def _configure_rs(net: Net, i: int) -> None:
@@ -293,8 +300,10 @@ def _configure_rs(net: Net, i: int) -> None:
         # TUN: the fallback devices receive IPIP / IPv6-in-IPv6 to the RIP; the inner
         # packet's destination (a VIP on lo) is local, which is all decapsulation needs
         up: set[Family] = set()
-        for fam, fallback, kind, feature in ((IPV4, "tunl0", "ipip", net.features.ipip),
-                                             (IPV6, "ip6tnl0", "ip6tnl", net.features.ip6tnl)):
+        for fam, fallback, kind, feature in (
+            (IPV4, "tunl0", "ipip", net.features.ipip),
+            (IPV6, "ip6tnl0", "ip6tnl", net.features.ip6tnl),
+        ):
             if not feature or fam not in net.topology.families:
                 continue
             ifname = fallback
@@ -312,6 +321,7 @@ def _configure_rs(net: Net, i: int) -> None:
     # capture-only unless every family of the topology has its decapsulation device up
     net.decap[i] = up == set(net.topology.families)
 
+
 def _build_director(net: Net) -> None:
     """Configure the (new, empty) director namespace and all links; used by build and renew."""
     d = net.director
@@ -327,29 +337,51 @@ def _build_director(net: Net) -> None:
             for vip in net.vips(fam):
                 _addr(dip, 1, vip, _prefixed(vip))
         # client link: created here, the peer directly in the client namespace
-        dip.link("add", ifname=net.director_client_if, kind="veth",
-                 address=net.director_client_mac(),
-                 peer={"ifname": net.client_if, "net_ns_fd": net.client.netns,
-                       "address": net.client_mac()})
+        dip.link(
+            "add",
+            ifname=net.director_client_if,
+            kind="veth",
+            address=net.director_client_mac(),
+            peer={
+                "ifname": net.client_if,
+                "net_ns_fd": net.client.netns,
+                "address": net.client_mac(),
+            },
+        )
         dci = dip.link_lookup(ifname=net.director_client_if)[0]
         for fam in fams:
             _addr(dip, dci, addresses.CDIP[fam], addresses.CLIENT_LINK_PREFIX[fam])
         dip.link("set", index=dci, state="up")
-        dip.link("add", ifname=net.director_bridge, kind="bridge", address=net.director_mac(),
-                 br_stp_state=0, br_forward_delay=0)
+        dip.link(
+            "add",
+            ifname=net.director_bridge,
+            kind="bridge",
+            address=net.director_mac(),
+            br_stp_state=0,
+            br_forward_delay=0,
+        )
         br = dip.link_lookup(ifname=net.director_bridge)[0]
         for fam in fams:
             _addr(dip, br, addresses.DIP[fam], addresses.RS_PREFIX[fam])
         dip.link("set", index=br, state="up")
         for i, node in enumerate(net.rs):
-            dip.link("add", ifname=net.director_ports[i], kind="veth", address=_mac(2, i + 1, 2),
-                     peer={"ifname": net.rs_if[i], "net_ns_fd": node.netns,
-                           "address": net.rs_mac(i)})
+            dip.link(
+                "add",
+                ifname=net.director_ports[i],
+                kind="veth",
+                address=_mac(2, i + 1, 2),
+                peer={"ifname": net.rs_if[i], "net_ns_fd": node.netns, "address": net.rs_mac(i)},
+            )
             port = dip.link_lookup(ifname=net.director_ports[i])[0]
             dip.link("set", index=port, master=br, state="up")
         for fam in fams:
-            dip.route("add", dst=str(addresses.CLIENT_POOL[fam]),
-                      gateway=str(addresses.CLIENT_LINK_ADDR[fam]), oif=dci, family=int(fam))
+            dip.route(
+                "add",
+                dst=str(addresses.CLIENT_POOL[fam]),
+                gateway=str(addresses.CLIENT_LINK_ADDR[fam]),
+                oif=dci,
+                family=int(fam),
+            )
     for ifname in (net.director_client_if, net.director_bridge):
         d.sysctl(f"net/ipv4/conf/{ifname}/accept_local", 1)
         d.sysctl(f"net/ipv4/conf/{ifname}/rp_filter", 0)
@@ -360,8 +392,13 @@ def _build_director(net: Net) -> None:
             _addr(ipr, ci, addresses.CLIENT_LINK_ADDR[fam], addresses.CLIENT_LINK_PREFIX[fam])
         ipr.link("set", index=ci, state="up")
         for fam in fams:
-            ipr.route("add", dst="default" if fam is IPV4 else "::/0",
-                      gateway=str(addresses.CDIP[fam]), oif=ci, family=int(fam))
+            ipr.route(
+                "add",
+                dst="default" if fam is IPV4 else "::/0",
+                gateway=str(addresses.CDIP[fam]),
+                oif=ci,
+                family=int(fam),
+            )
     for i, node in enumerate(net.rs):
         with node.ipr() as ipr:
             ri = ipr.link_lookup(ifname=net.rs_if[i])[0]
@@ -369,8 +406,13 @@ def _build_director(net: Net) -> None:
                 _addr(ipr, ri, addresses.rip(fam, i), addresses.RS_PREFIX[fam])
             ipr.link("set", index=ri, state="up")
             for fam in fams:
-                ipr.route("add", dst="default" if fam is IPV4 else "::/0",
-                          gateway=str(addresses.DIP[fam]), oif=ri, family=int(fam))
+                ipr.route(
+                    "add",
+                    dst="default" if fam is IPV4 else "::/0",
+                    gateway=str(addresses.DIP[fam]),
+                    oif=ri,
+                    family=int(fam),
+                )
         node.sysctl(f"net/ipv4/conf/{net.rs_if[i]}/arp_ignore", 1)
         node.sysctl(f"net/ipv4/conf/{net.rs_if[i]}/arp_announce", 2)
 
@@ -408,8 +450,11 @@ def _wait_ready(net: Net) -> None:
         *[(node, [net.rs_if[i]]) for i, node in enumerate(net.rs)],
     ]
     for node, ifnames in checks:
-        wait_until(_links_up(node, ifnames), READY_TIMEOUT,
-                   f"links {', '.join(ifnames)} up and addresses usable in {node.netns}")
+        wait_until(
+            _links_up(node, ifnames),
+            READY_TIMEOUT,
+            f"links {', '.join(ifnames)} up and addresses usable in {node.netns}",
+        )
 
 
 @contextlib.contextmanager
@@ -425,11 +470,15 @@ def build(topology: Topology, run: runs.Run | None = None) -> Iterator[Net]:
     p = run.name(tid)  # e.g. lc3f9a101
     n = topology.real_servers
     net = Net(
-        topology=topology, run=run, id=tid,
+        topology=topology,
+        run=run,
+        id=tid,
         client=Node("client", run.name(f"{tid}-cli")),
         director=Node("director", run.name(f"{tid}-dir")),
         rs=[Node(f"rs{i + 1}", run.name(f"{tid}-rs{i + 1}")) for i in range(n)],
-        client_if=f"{p}c", director_client_if=f"{p}d", director_bridge=f"{p}br",
+        client_if=f"{p}c",
+        director_client_if=f"{p}d",
+        director_bridge=f"{p}br",
         director_ports=[f"{p}p{i + 1}" for i in range(n)],
         rs_if=[f"{p}r{i + 1}" for i in range(n)],
         decap=[False] * n,  # set per real server once its tunnel devices are up
@@ -449,4 +498,3 @@ def build(topology: Topology, run: runs.Run | None = None) -> Iterator[Net]:
         _build_director(net)
         _wait_ready(net)
         yield net
-

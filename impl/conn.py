@@ -33,8 +33,19 @@ EXTENSION = 60.0  # ip_vs_conn_expire "expire_later": cp->timeout = 60*HZ
 
 # ---------------------------------------------------------------- TCP (ip_vs_proto_tcp.c)
 NO, ES, SS, SR, FW, TW, CL, CW, LA, LI, SA = range(11)
-TCP_NAMES = ("NONE", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT", "TIME_WAIT", "CLOSE",
-             "CLOSE_WAIT", "LAST_ACK", "LISTEN", "SYNACK")
+TCP_NAMES = (
+    "NONE",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "SYNACK",
+)
 _TCP_TIMEOUTS = (2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120)
 _TCP_ACTIVE = frozenset({ES, SS, SR, SA})
 # tcp_states[]: [direction*4 + event][state]; events syn, fin, ack, rst (tcp_state_idx).
@@ -63,8 +74,22 @@ _TCP_EVENTS: dict[str, int] = {"rst": 3, "syn": 0, "synack": 0, "fin": 1, "ack":
 
 # ---------------------------------------------------------------- SCTP (ip_vs_proto_sctp.c)
 (sNO, sI1, sIN, sCS, sCR, sCW, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL) = range(14)
-SCTP_NAMES = ("NONE", "INIT1", "INIT", "C-SENT", "C-REPLIED", "C-WAIT", "COOKIE", "C-ECHOED",
-              "ESTABLISHED", "S-SENT", "S-RECEIVED", "S-ACK-SENT", "REJECTED", "CLOSED")
+SCTP_NAMES = (
+    "NONE",
+    "INIT1",
+    "INIT",
+    "C-SENT",
+    "C-REPLIED",
+    "C-WAIT",
+    "COOKIE",
+    "C-ECHOED",
+    "ESTABLISHED",
+    "S-SENT",
+    "S-RECEIVED",
+    "S-ACK-SENT",
+    "REJECTED",
+    "CLOSED",
+)
 _SCTP_TIMEOUTS = (2, 4, 61, 61, 61, 61, 61, 61, 900, 61, 61, 61, 4, 61)
 # Only the events a Flow can express: DATA (data/ack/...), INIT, ABORT.
 _SCTP_TABLE = {
@@ -129,8 +154,7 @@ class Entry:
 
     @property
     def conn_key(self) -> ConnKey:
-        return (self.family, self.proto, int(self.caddr), self.cport, int(self.vaddr),
-                self.vport)
+        return (self.family, self.proto, int(self.caddr), self.cport, int(self.vaddr), self.vport)
 
     def state_name(self) -> str:
         """ip_vs_state_name()."""
@@ -150,15 +174,34 @@ class Entry:
         return max(0, math.floor(left + 1e-9))
 
     def as_template(self, now: float) -> Template:
-        return Template(self.family, self.proto, self.caddr, self.cport, self.vaddr, self.vport,
-                        self.daddr, self.dport, "ASSURED" if self.state == 1 else "NONE",
-                        self.expires(now), self.pe_name if self.pe_data is not None else "",
-                        (self.pe_data or b"").decode("latin-1"))
+        return Template(
+            self.family,
+            self.proto,
+            self.caddr,
+            self.cport,
+            self.vaddr,
+            self.vport,
+            self.daddr,
+            self.dport,
+            "ASSURED" if self.state == 1 else "NONE",
+            self.expires(now),
+            self.pe_name if self.pe_data is not None else "",
+            (self.pe_data or b"").decode("latin-1"),
+        )
 
     def as_connection(self, now: float) -> Connection:
-        return Connection(self.family, self.proto, self.caddr, self.cport, self.vaddr,
-                          self.vport, self.daddr, self.dport, self.state_name(),
-                          self.expires(now))
+        return Connection(
+            self.family,
+            self.proto,
+            self.caddr,
+            self.cport,
+            self.vaddr,
+            self.vport,
+            self.daddr,
+            self.dport,
+            self.state_name(),
+            self.expires(now),
+        )
 
 
 def assure_control(cp: Entry) -> None:
@@ -232,8 +275,9 @@ def is_new_conn_expected(cp: Entry, conn_reuse_mode: int) -> bool:
     if cp.control is not None:
         return False
     if cp.proto is Proto.TCP:
-        return (cp.state in (TW, CL)
-                or (bool(conn_reuse_mode & 2) and cp.state == FW and cp.nooutput))
+        return cp.state in (TW, CL) or (
+            bool(conn_reuse_mode & 2) and cp.state == FW and cp.nooutput
+        )
     if cp.proto is Proto.SCTP:
         return cp.state == sCL
     return False

@@ -94,11 +94,23 @@ class _Svc:
     pre-computed by :meth:`bind` (Service properties are Python calls; set ``service`` only
     through ``bind``)."""
 
-    __slots__ = ("service", "dests", "scheduler", "family", "fwmark", "svc_port", "persistent",
-                 "mask_bits", "ops", "pe", "timeout")
+    __slots__ = (
+        "service",
+        "dests",
+        "scheduler",
+        "family",
+        "fwmark",
+        "svc_port",
+        "persistent",
+        "mask_bits",
+        "ops",
+        "pe",
+        "timeout",
+    )
 
-    def __init__(self, service: Service, dests: list[DestState],
-                 scheduler: Scheduler | None) -> None:
+    def __init__(
+        self, service: Service, dests: list[DestState], scheduler: Scheduler | None
+    ) -> None:
         self.dests = dests
         self.scheduler = scheduler  # None: scheduler "none"
         self.bind(service)
@@ -170,9 +182,14 @@ def _zero(family: Family) -> IPAddress:
 class Director:
     """Kernel IPVS of one netns, as a deterministic model. See the module docstring."""
 
-    def __init__(self, level: KernelLevel = DEFAULT, sysctls: Sysctls = _SYSCTLS,
-                 timeouts: ProtoTimeouts = _TIMEOUTS, *,
-                 scheduler_factory: SchedulerFactory | None = None) -> None:
+    def __init__(
+        self,
+        level: KernelLevel = DEFAULT,
+        sysctls: Sysctls = _SYSCTLS,
+        timeouts: ProtoTimeouts = _TIMEOUTS,
+        *,
+        scheduler_factory: SchedulerFactory | None = None,
+    ) -> None:
         self.level = level
         self.sysctls = sysctls
         self.timeouts = timeouts
@@ -194,8 +211,13 @@ class Director:
         self._now = 0.0
 
     @classmethod
-    def from_scenario(cls, scenario: Scenario, level: KernelLevel = DEFAULT, *,
-                      scheduler_factory: SchedulerFactory | None = None) -> Director:
+    def from_scenario(
+        cls,
+        scenario: Scenario,
+        level: KernelLevel = DEFAULT,
+        *,
+        scheduler_factory: SchedulerFactory | None = None,
+    ) -> Director:
         """Services and dests of ``scenario`` added in order at now=0 (fwmark rules are the
         caller's: pass ``scenario.mark(flow)``)."""
         d = cls(level, scenario.sysctls, scenario.timeouts, scheduler_factory=scheduler_factory)
@@ -210,8 +232,9 @@ class Director:
         now = self._clock(now)
         key = table_key(service.key)
         if key in self._svcs:
-            raise ServiceExists(f"service {service.key} already exists; use edit_service to "
-                                "change it")
+            raise ServiceExists(
+                f"service {service.key} already exists; use edit_service to change it"
+            )
         self._check_service(service)
         sched = self._make_scheduler(service)
         svc = _Svc(service, [], sched)
@@ -306,8 +329,9 @@ class Director:
     def set_timeouts(self, timeouts: ProtoTimeouts) -> None:
         """IPVS_CMD_SET_CONFIG: a 0 leaves that timeout unchanged. Running timers keep going."""
         cur = self.timeouts
-        self.timeouts = ProtoTimeouts(timeouts.tcp or cur.tcp, timeouts.tcpfin or cur.tcpfin,
-                                      timeouts.udp or cur.udp)
+        self.timeouts = ProtoTimeouts(
+            timeouts.tcp or cur.tcp, timeouts.tcpfin or cur.tcpfin, timeouts.udp or cur.udp
+        )
 
     # ------------------------------------------------------------------ packets
     def packet(self, flow: Flow, now: float) -> Decision:
@@ -322,13 +346,19 @@ class Director:
         kind = flow.packet_kind
         key: ConnKey = (family, proto, int(saddr), flow.sport, int(flow.daddr), flow.dport)
         cp = self._conns.get(key)
-        if cp is not None and ((proto is Proto.TCP and kind in ("syn", "synack"))
-                               or (proto is Proto.SCTP and kind == "init")):
+        if cp is not None and (
+            (proto is Proto.TCP and kind in ("syn", "synack"))
+            or (proto is Proto.SCTP and kind == "init")
+        ):
             # Reschedule rules for a "new connection" packet on an existing entry (§1.2).
-            quiesced = (bool(self.sysctls.expire_nodest_conn) and cp.dest is not None
-                        and cp.dest.weight == 0)
+            quiesced = (
+                bool(self.sysctls.expire_nodest_conn)
+                and cp.dest is not None
+                and cp.dest.weight == 0
+            )
             reusable = bool(self.sysctls.conn_reuse_mode) and C.is_new_conn_expected(
-                cp, self.sysctls.conn_reuse_mode)
+                cp, self.sysctls.conn_reuse_mode
+            )
             resched = quiesced or reusable
             if resched:
                 old_ct = self._uses_old_conntrack(cp)
@@ -419,8 +449,9 @@ class Director:
         return list(self._conns.values())
 
     # ------------------------------------------------------------------ scheduling path
-    def _try_to_schedule(self, flow: Flow, family: Family, kind: PacketKind, key: ConnKey,
-                         now: float) -> Entry | Decision:
+    def _try_to_schedule(
+        self, flow: Flow, family: Family, kind: PacketKind, key: ConnKey, now: float
+    ) -> Entry | Decision:
         """ip_vs_try_to_schedule -> pp->conn_schedule (§1.3) -> ip_vs_schedule (§1.5).
 
         ``family``, ``kind`` and ``key`` are the packet's, as :meth:`packet` derived them."""
@@ -434,8 +465,9 @@ class Director:
                 return Decision("local", reason="sctp chunk that cannot create a connection")
         elif proto is not Proto.UDP:
             return Decision("local", reason=f"protocol {proto.name} is never scheduled")
-        svc = self._svc_index.find(family, flow.mark, proto, key[4], flow.dport,
-                                   sc.ip_unprivileged_port_start)
+        svc = self._svc_index.find(
+            family, flow.mark, proto, key[4], flow.dport, sc.ip_unprivileged_port_start
+        )
         if svc is None:
             return Decision("local", reason="no service")
         if flow.sport == FTPDATA:
@@ -443,8 +475,7 @@ class Director:
         if svc.persistent:
             return self._sched_persist(svc, flow, family, key, now)
         if not svc.fwmark and flow.dport != svc.svc_port:
-            return self._leave(svc, flow, key, now,
-                               "non-persistent service, vport != service port")
+            return self._leave(svc, flow, key, now, "non-persistent service, vport != service port")
         dest = self._schedule(svc, flow, now)
         if dest is None:
             return self._leave(svc, flow, key, now, "scheduler found no dest")
@@ -458,8 +489,9 @@ class Director:
         sched.now = now  # lblc/lblcr age their cache entries on the model clock
         return sched.schedule(svc.dests, flow)
 
-    def _sched_persist(self, svc: _Svc, flow: Flow, family: Family, key: ConnKey,
-                       now: float) -> Entry | Decision:
+    def _sched_persist(
+        self, svc: _Svc, flow: Flow, family: Family, key: ConnKey, now: float
+    ) -> Entry | Decision:
         """ip_vs_sched_persist (core.c 253-416, §2). The template lookup key is built on ints
         (masked() and fwmark_vaddr() as integer arithmetic); the address objects are made only
         for a new template."""
@@ -481,9 +513,23 @@ class Director:
                 return self._leave(svc, flow, key, now, "scheduler found no dest")
             tdport = dest.port if (flow.dport == svc_port and svc_port != FTPPORT) else 0
             vaddr = fwmark_vaddr(family, fwmark) if proto is Proto.IP else flow.daddr
-            ct = Entry(family, proto, masked(flow.saddr, svc.service), 0, vaddr, vport,
-                       dest.addr, tdport, dest, template=True, timeout=svc.timeout,
-                       fwd=dest.fwd, pe_data=pe_data, pe_name=svc.pe or "", fwmark=flow.mark)
+            ct = Entry(
+                family,
+                proto,
+                masked(flow.saddr, svc.service),
+                0,
+                vaddr,
+                vport,
+                dest.addr,
+                tdport,
+                dest,
+                template=True,
+                timeout=svc.timeout,
+                fwd=dest.fwd,
+                pe_data=pe_data,
+                pe_name=svc.pe or "",
+                fwmark=flow.mark,
+            )
             C.bind_dest(ct, self.level)
             self._hash_template(ct)
         else:
@@ -496,15 +542,26 @@ class Director:
         self._put(ct, now)  # the only ingress refresh of a template (core.c 412)
         return cp
 
-    def _leave(self, svc: _Svc, flow: Flow, key: ConnKey, now: float,
-               why: str) -> Entry | Decision:
+    def _leave(self, svc: _Svc, flow: Flow, key: ConnKey, now: float, why: str) -> Entry | Decision:
         """ip_vs_leave (core.c 585, §1.6)."""
-        if (self.sysctls.cache_bypass and svc.fwmark
-                and self._is_nonlocal_unicast(flow.daddr)):
+        if self.sysctls.cache_bypass and svc.fwmark and self._is_nonlocal_unicast(flow.daddr):
             ops = svc.ops and flow.proto is Proto.UDP
-            cp = Entry(svc.family, flow.proto, flow.saddr, flow.sport, flow.daddr,
-                       flow.dport, _zero(svc.family), 0, None, template=False,
-                       timeout=3.0, bypass=True, fwmark=flow.mark, ops=ops)
+            cp = Entry(
+                svc.family,
+                flow.proto,
+                flow.saddr,
+                flow.sport,
+                flow.daddr,
+                flow.dport,
+                _zero(svc.family),
+                0,
+                None,
+                template=False,
+                timeout=3.0,
+                bypass=True,
+                fwmark=flow.mark,
+                ops=ops,
+            )
             if not ops:
                 self._hash_conn(cp, key)
             return cp
@@ -512,14 +569,36 @@ class Director:
             return Decision("local", reason=f"{why}; FTP service, data port goes local")
         return Decision("unreachable", reason=why)
 
-    def _new_conn(self, svc: _Svc, flow: Flow, family: Family, key: ConnKey, dest: DestState,
-                  dport: int, ct: Entry | None) -> Entry:
+    def _new_conn(
+        self,
+        svc: _Svc,
+        flow: Flow,
+        family: Family,
+        key: ConnKey,
+        dest: DestState,
+        dport: int,
+        ct: Entry | None,
+    ) -> Entry:
         """ip_vs_conn_new + ip_vs_bind_dest (+ ip_vs_control_add when ``ct``)."""
         ops = svc.ops and flow.proto is Proto.UDP
         fwd = dest.fwd
-        cp = Entry(family, flow.proto, flow.saddr, flow.sport, flow.daddr, flow.dport,
-                   dest.addr, dport, dest, template=False, timeout=3.0,
-                   nooutput=fwd is not Fwd.NAT, fwd=fwd, fwmark=flow.mark, ops=ops)
+        cp = Entry(
+            family,
+            flow.proto,
+            flow.saddr,
+            flow.sport,
+            flow.daddr,
+            flow.dport,
+            dest.addr,
+            dport,
+            dest,
+            template=False,
+            timeout=3.0,
+            nooutput=fwd is not Fwd.NAT,
+            fwd=fwd,
+            fwmark=flow.mark,
+            ops=ops,
+        )
         C.bind_dest(cp, self.level)
         if ct is not None:
             cp.control = ct
@@ -541,8 +620,11 @@ class Director:
     def _check_template(self, ct: Entry) -> bool:
         """ip_vs_check_template(ct, NULL) (conn.c 756): invalidate with vport/dport FFFF."""
         dest = ct.dest
-        if dest is not None and dest.available and not (
-                self.sysctls.expire_quiescent_template and dest.weight == 0):
+        if (
+            dest is not None
+            and dest.available
+            and not (self.sysctls.expire_quiescent_template and dest.weight == 0)
+        ):
             return True
         if ct.vport != INVALID_PORT:
             self._unhash_template(ct)
@@ -656,14 +738,16 @@ class Director:
     def _free_trash(self, now: float) -> None:
         """ip_vs_dest_trash_expire: an unreferenced dest is freed after 120 s idle (the kernel
         scans every 60 s, so it really goes between 120 and ~180 s)."""
-        self._trash = [t for t in self._trash
-                       if t.idle_since is None or now - t.idle_since < TRASH_IDLE]
+        self._trash = [
+            t for t in self._trash if t.idle_since is None or now - t.idle_since < TRASH_IDLE
+        ]
 
     # ------------------------------------------------------------------ helpers
     def _forward(self, cp: Entry, flow: Flow, reason: str) -> Decision:
         if cp.bypass:
-            return Decision("forward", dest=flow.daddr, dport=flow.dport, fwd=None,
-                           reason="cache bypass")
+            return Decision(
+                "forward", dest=flow.daddr, dport=flow.dport, fwd=None, reason="cache bypass"
+            )
         dest = cp.dest
         if dest is None:
             return Decision("forward", dest=cp.daddr, dport=cp.dport, fwd=cp.fwd, reason=reason)
@@ -689,8 +773,10 @@ class Director:
             return False
         if addr.is_multicast or addr.is_unspecified:
             return False
-        return not (isinstance(addr, ipaddress.IPv4Address) and addr == ipaddress.IPv4Address(
-            "255.255.255.255"))
+        return not (
+            isinstance(addr, ipaddress.IPv4Address)
+            and addr == ipaddress.IPv4Address("255.255.255.255")
+        )
 
     def _svc(self, key: ServiceKey) -> _Svc:
         svc = self._svcs.get(table_key(key))
@@ -731,18 +817,23 @@ class Director:
     @staticmethod
     def _check_service(service: Service) -> None:
         if service.family is Family.IPV6 and not 1 <= service.mask <= 128:
-            raise InvalidConfig(f"service {service.key}: IPv6 netmask is a prefix length "
-                                f"1..128, got {service.mask}")
+            raise InvalidConfig(
+                f"service {service.key}: IPv6 netmask is a prefix length 1..128, got {service.mask}"
+            )
         if service.family is Family.IPV4 and not 0 <= service.mask <= 0xFFFFFFFF:
             raise InvalidConfig(f"service {service.key}: IPv4 netmask must be a 32-bit value")
         if service.pe not in (None, "sip"):
-            raise InvalidConfig(f"service {service.key}: unknown persistence engine "
-                                f"{service.pe!r}; only 'sip' exists")
+            raise InvalidConfig(
+                f"service {service.key}: unknown persistence engine "
+                f"{service.pe!r}; only 'sip' exists"
+            )
         if service.timeout is not None and service.timeout < 0:
             # 0 is accepted like the kernel does: the template lives while it controls
             # connections (60 s extensions) and goes at the first timer run after that.
-            raise InvalidConfig(f"service {service.key}: persistence timeout must be >= 0 "
-                                "seconds (None = not persistent)")
+            raise InvalidConfig(
+                f"service {service.key}: persistence timeout must be >= 0 "
+                "seconds (None = not persistent)"
+            )
         if not service.key.fwmark and service.key.vaddr is None:
             raise InvalidConfig(f"service {service.key}: needs a vaddr or a fwmark")
 
@@ -751,11 +842,14 @@ class Director:
         if dest.weight < 0:
             raise InvalidConfig(f"dest {dest}: weight must be >= 0")
         if dest.l_threshold > dest.u_threshold:
-            raise InvalidConfig(f"dest {dest}: l_threshold {dest.l_threshold} exceeds "
-                                f"u_threshold {dest.u_threshold}")
+            raise InvalidConfig(
+                f"dest {dest}: l_threshold {dest.l_threshold} exceeds "
+                f"u_threshold {dest.u_threshold}"
+            )
         if dest.family is not service.family and dest.fwd is not Fwd.TUN:
-            raise InvalidConfig(f"dest {dest}: a dest of another address family needs "
-                                "tunnel forwarding")
+            raise InvalidConfig(
+                f"dest {dest}: a dest of another address family needs tunnel forwarding"
+            )
 
 
 def _tkey(ct: Entry) -> TemplateKey:

@@ -55,14 +55,38 @@ INT_MAX = 2**31 - 1
 KNOWN_PES = ("sip",)
 
 #: Port names ipvsadm -S (without -n) may print; a fixed table: lvsconf reads no /etc/services.
-PORT_NAMES = {"ftp-data": 20, "ftp": 21, "ssh": 22, "telnet": 23, "smtp": 25, "domain": 53,
-              "http": 80, "pop3": 110, "ntp": 123, "imap": 143, "snmp": 161, "ldap": 389,
-              "https": 443, "submission": 587, "imaps": 993, "pop3s": 995, "mysql": 3306,
-              "sip": 5060, "postgresql": 5432, "http-alt": 8080}
+PORT_NAMES = {
+    "ftp-data": 20,
+    "ftp": 21,
+    "ssh": 22,
+    "telnet": 23,
+    "smtp": 25,
+    "domain": 53,
+    "http": 80,
+    "pop3": 110,
+    "ntp": 123,
+    "imap": 143,
+    "snmp": 161,
+    "ldap": 389,
+    "https": 443,
+    "submission": 587,
+    "imaps": 993,
+    "pop3s": 995,
+    "mysql": 3306,
+    "sip": 5060,
+    "postgresql": 5432,
+    "http-alt": 8080,
+}
 
-SCHED_FLAG_NAMES = {"flag-1": SvcFlag.SCHED1, "flag-2": SvcFlag.SCHED2, "flag-3": SvcFlag.SCHED3,
-                    "sh-fallback": SvcFlag.SCHED1, "sh-port": SvcFlag.SCHED2,
-                    "mh-fallback": SvcFlag.SCHED1, "mh-port": SvcFlag.SCHED2}
+SCHED_FLAG_NAMES = {
+    "flag-1": SvcFlag.SCHED1,
+    "flag-2": SvcFlag.SCHED2,
+    "flag-3": SvcFlag.SCHED3,
+    "sh-fallback": SvcFlag.SCHED1,
+    "sh-port": SvcFlag.SCHED2,
+    "mh-fallback": SvcFlag.SCHED1,
+    "mh-port": SvcFlag.SCHED2,
+}
 
 
 class RulesError(ModelError):
@@ -127,33 +151,59 @@ Op = AddService | EditService | DelService | AddDest | EditDest | DelDest | Clea
 
 # ---------------------------------------------------------------- option table
 # long/short spelling -> (canonical name, takes a value: "no" | "yes" | "optional")
-_COMMANDS = {"-A": "add-service", "--add-service": "add-service",
-             "-E": "edit-service", "--edit-service": "edit-service",
-             "-D": "delete-service", "--delete-service": "delete-service",
-             "-C": "clear", "--clear": "clear",
-             "-a": "add-server", "--add-server": "add-server",
-             "-e": "edit-server", "--edit-server": "edit-server",
-             "-d": "delete-server", "--delete-server": "delete-server"}
+_COMMANDS = {
+    "-A": "add-service",
+    "--add-service": "add-service",
+    "-E": "edit-service",
+    "--edit-service": "edit-service",
+    "-D": "delete-service",
+    "--delete-service": "delete-service",
+    "-C": "clear",
+    "--clear": "clear",
+    "-a": "add-server",
+    "--add-server": "add-server",
+    "-e": "edit-server",
+    "--edit-server": "edit-server",
+    "-d": "delete-server",
+    "--delete-server": "delete-server",
+}
 _OPTIONS: dict[str, tuple[str, str]] = {
-    "-t": ("tcp-service", "yes"), "--tcp-service": ("tcp-service", "yes"),
-    "-u": ("udp-service", "yes"), "--udp-service": ("udp-service", "yes"),
+    "-t": ("tcp-service", "yes"),
+    "--tcp-service": ("tcp-service", "yes"),
+    "-u": ("udp-service", "yes"),
+    "--udp-service": ("udp-service", "yes"),
     "--sctp-service": ("sctp-service", "yes"),
-    "-f": ("fwmark-service", "yes"), "--fwmark-service": ("fwmark-service", "yes"),
-    "-6": ("ipv6", "no"), "--ipv6": ("ipv6", "no"),
-    "-s": ("scheduler", "yes"), "--scheduler": ("scheduler", "yes"),
-    "-p": ("persistent", "optional"), "--persistent": ("persistent", "optional"),
-    "-M": ("netmask", "yes"), "--netmask": ("netmask", "yes"),
-    "-o": ("ops", "no"), "--ops": ("ops", "no"),
+    "-f": ("fwmark-service", "yes"),
+    "--fwmark-service": ("fwmark-service", "yes"),
+    "-6": ("ipv6", "no"),
+    "--ipv6": ("ipv6", "no"),
+    "-s": ("scheduler", "yes"),
+    "--scheduler": ("scheduler", "yes"),
+    "-p": ("persistent", "optional"),
+    "--persistent": ("persistent", "optional"),
+    "-M": ("netmask", "yes"),
+    "--netmask": ("netmask", "yes"),
+    "-o": ("ops", "no"),
+    "--ops": ("ops", "no"),
     "--pe": ("pe", "yes"),
-    "-b": ("sched-flags", "yes"), "--sched-flags": ("sched-flags", "yes"),
-    "-r": ("real-server", "yes"), "--real-server": ("real-server", "yes"),
-    "-g": ("gatewaying", "no"), "--gatewaying": ("gatewaying", "no"),
-    "-m": ("masquerading", "no"), "--masquerading": ("masquerading", "no"),
-    "-i": ("ipip", "no"), "--ipip": ("ipip", "no"),
-    "-w": ("weight", "yes"), "--weight": ("weight", "yes"),
-    "-x": ("u-threshold", "yes"), "--u-threshold": ("u-threshold", "yes"),
-    "-y": ("l-threshold", "yes"), "--l-threshold": ("l-threshold", "yes"),
-    "-n": ("numeric", "no"), "--numeric": ("numeric", "no"),
+    "-b": ("sched-flags", "yes"),
+    "--sched-flags": ("sched-flags", "yes"),
+    "-r": ("real-server", "yes"),
+    "--real-server": ("real-server", "yes"),
+    "-g": ("gatewaying", "no"),
+    "--gatewaying": ("gatewaying", "no"),
+    "-m": ("masquerading", "no"),
+    "--masquerading": ("masquerading", "no"),
+    "-i": ("ipip", "no"),
+    "--ipip": ("ipip", "no"),
+    "-w": ("weight", "yes"),
+    "--weight": ("weight", "yes"),
+    "-x": ("u-threshold", "yes"),
+    "--u-threshold": ("u-threshold", "yes"),
+    "-y": ("l-threshold", "yes"),
+    "--l-threshold": ("l-threshold", "yes"),
+    "-n": ("numeric", "no"),
+    "--numeric": ("numeric", "no"),
 }
 _SERVICE_OPTS = ("tcp-service", "udp-service", "sctp-service", "fwmark-service")
 _SVC_PROTO = {"tcp-service": Proto.TCP, "udp-service": Proto.UDP, "sctp-service": Proto.SCTP}
@@ -191,21 +241,30 @@ def _split_options(ctx: _Line, toks: list[str]) -> tuple[str, dict[str, str | No
         name = tok
         if tok.startswith("--") and "=" in tok:
             name, value = tok.split("=", 1)
-        elif (tok.startswith("-") and not tok.startswith("--") and len(tok) > 2
-              and tok[:2] in _OPTIONS and _OPTIONS[tok[:2]][1] != "no"):
+        elif (
+            tok.startswith("-")
+            and not tok.startswith("--")
+            and len(tok) > 2
+            and tok[:2] in _OPTIONS
+            and _OPTIONS[tok[:2]][1] != "no"
+        ):
             name, value = tok[:2], tok[2:]  # attached value: -w3, -p300
         if name in _COMMANDS:
             if command is not None:
-                raise ctx.fail(f"two commands on one line ({command}, {_COMMANDS[name]})",
-                               "give one of -A/-E/-D/-a/-e/-d/-C per line")
+                raise ctx.fail(
+                    f"two commands on one line ({command}, {_COMMANDS[name]})",
+                    "give one of -A/-E/-D/-a/-e/-d/-C per line",
+                )
             command = _COMMANDS[name]
             continue
         spec = _OPTIONS.get(name)
         if spec is None:
             if tok.startswith("-"):
-                raise ctx.fail(f"unknown option {tok!r}",
-                               "ipvsadm rules use -A/-E/-D/-a/-e/-d/-C with -t/-u/-f/-s/-p/"
-                               "-M/-o/--pe/-b/-r/-g/-m/-i/-w/-x/-y")
+                raise ctx.fail(
+                    f"unknown option {tok!r}",
+                    "ipvsadm rules use -A/-E/-D/-a/-e/-d/-C with -t/-u/-f/-s/-p/"
+                    "-M/-o/--pe/-b/-r/-g/-m/-i/-w/-x/-y",
+                )
             raise ctx.fail(f"unexpected argument {tok!r}", "remove it or put an option before it")
         canon, arity = spec
         if canon in opts:
@@ -222,8 +281,10 @@ def _split_options(ctx: _Line, toks: list[str]) -> tuple[str, dict[str, str | No
             raise ctx.fail(f"option {name} takes no value", f"write {name} alone")
         opts[canon] = value
     if command is None:
-        raise ctx.fail("no command on this line",
-                       "start it with -A, -E, -D, -a, -e, -d or -C (as ipvsadm-save writes)")
+        raise ctx.fail(
+            "no command on this line",
+            "start it with -A, -E, -D, -a, -e, -d or -C (as ipvsadm-save writes)",
+        )
     return command, opts
 
 
@@ -253,8 +314,10 @@ def _host(ctx: _Line, text: str, what: str) -> IPAddress:
         pass
     hostlike = all(c.isalnum() or c in "-._" for c in text)
     if text and hostlike and not text.replace(".", "").isdigit():
-        raise ctx.fail(f"{what} {text!r} is a host name, and lvsconf does no DNS lookups",
-                       "save the rules with ipvsadm -Sn so addresses are numeric")
+        raise ctx.fail(
+            f"{what} {text!r} is a host name, and lvsconf does no DNS lookups",
+            "save the rules with ipvsadm -Sn so addresses are numeric",
+        )
     raise ctx.fail(f"bad {what} {text!r}", "use an IPv4 address or an IPv6 address in brackets")
 
 
@@ -266,8 +329,9 @@ def _addr_port(ctx: _Line, text: str, what: str) -> tuple[IPAddress, int | None]
             raise ctx.fail(f"bad {what} {text!r}", "write IPv6 as [ADDR]:PORT")
         addr = _host(ctx, host, what)
         if addr.version != 6:
-            raise ctx.fail(f"bad {what} {text!r}: brackets hold an IPv4 address",
-                           "write IPv4 as ADDR:PORT")
+            raise ctx.fail(
+                f"bad {what} {text!r}: brackets hold an IPv4 address", "write IPv4 as ADDR:PORT"
+            )
         return addr, (_port(ctx, rest[1:], what) if rest else None)
     if text.count(":") > 1:  # a bare IPv6 address, as inet_pton takes it
         addr = _host(ctx, text, what)
@@ -280,11 +344,15 @@ def _addr_port(ctx: _Line, text: str, what: str) -> tuple[IPAddress, int | None]
 def _service_key(ctx: _Line, opts: dict[str, str | None]) -> ServiceKey:
     given = [o for o in _SERVICE_OPTS if o in opts]
     if not given:
-        raise ctx.fail("no virtual service given", "add -t ADDR:PORT, -u ADDR:PORT, "
-                       "--sctp-service ADDR:PORT or -f MARK")
+        raise ctx.fail(
+            "no virtual service given",
+            "add -t ADDR:PORT, -u ADDR:PORT, --sctp-service ADDR:PORT or -f MARK",
+        )
     if len(given) > 1:
-        raise ctx.fail(f"more than one virtual service ({', '.join(given)})",
-                       "give exactly one of -t/-u/--sctp-service/-f")
+        raise ctx.fail(
+            f"more than one virtual service ({', '.join(given)})",
+            "give exactly one of -t/-u/--sctp-service/-f",
+        )
     which = given[0]
     text = opts[which] or ""
     if which == "fwmark-service":
@@ -308,8 +376,9 @@ def _netmask(ctx: _Line, family: Family, text: str) -> int:
             raise ValueError
         return int(ipaddress.IPv4Address(text))
     except ValueError:
-        raise ctx.fail(f"illegal IPv4 persistent netmask {text!r}",
-                       "use a dotted mask such as 255.255.255.0") from None
+        raise ctx.fail(
+            f"illegal IPv4 persistent netmask {text!r}", "use a dotted mask such as 255.255.255.0"
+        ) from None
 
 
 def _sched_flags(ctx: _Line, text: str, scheduler: str | None) -> SvcFlag:
@@ -317,12 +386,16 @@ def _sched_flags(ctx: _Line, text: str, scheduler: str | None) -> SvcFlag:
     for name in text.split(","):
         flag = SCHED_FLAG_NAMES.get(name)
         if flag is None:
-            raise ctx.fail(f"unknown scheduler flag {name!r}",
-                           f"use {', '.join(SCHED_FLAG_NAMES)}, comma separated")
+            raise ctx.fail(
+                f"unknown scheduler flag {name!r}",
+                f"use {', '.join(SCHED_FLAG_NAMES)}, comma separated",
+            )
         prefix = name.split("-")[0]
         if prefix in ("sh", "mh") and scheduler is not None and scheduler != prefix:
-            raise ctx.fail(f"scheduler flag {name!r} does not fit scheduler {scheduler!r}",
-                           f"use it with -s {prefix}, or use flag-N")
+            raise ctx.fail(
+                f"scheduler flag {name!r} does not fit scheduler {scheduler!r}",
+                f"use it with -s {prefix}, or use flag-N",
+            )
         flags |= flag
     return flags
 
@@ -336,8 +409,11 @@ def _service(ctx: _Line, key: ServiceKey, opts: dict[str, str | None]) -> Servic
     timeout: int | None = None
     if "persistent" in opts:
         raw = opts["persistent"]
-        timeout = DEFAULT_PERSISTENT_TIMEOUT if raw is None else _number(
-            ctx, raw, "persistence timeout", 1, MAX_TIMEOUT)
+        timeout = (
+            DEFAULT_PERSISTENT_TIMEOUT
+            if raw is None
+            else _number(ctx, raw, "persistence timeout", 1, MAX_TIMEOUT)
+        )
     netmask: int | None = None
     if opts.get("netmask") is not None:
         netmask = _netmask(ctx, key.family, opts["netmask"] or "")
@@ -354,11 +430,14 @@ def _service(ctx: _Line, key: ServiceKey, opts: dict[str, str | None]) -> Servic
 
 def _check_new_service(ctx: _Line, s: Service) -> None:
     if not s.key.fwmark and s.key.vport == 0 and not s.persistent:
-        raise ctx.fail("port zero given for a non-persistent service",
-                       "add -p TIMEOUT, or give the service a port")
+        raise ctx.fail(
+            "port zero given for a non-persistent service",
+            "add -p TIMEOUT, or give the service a port",
+        )
     if s.ops and not s.key.fwmark and s.key.proto is not Proto.UDP:
-        raise ctx.fail("one-packet scheduling (-o) is only for UDP services",
-                       "drop -o, or use -u / -f")
+        raise ctx.fail(
+            "one-packet scheduling (-o) is only for UDP services", "drop -o, or use -u / -f"
+        )
 
 
 def _dest(ctx: _Line, key: ServiceKey, opts: dict[str, str | None]) -> Dest:
@@ -368,29 +447,49 @@ def _dest(ctx: _Line, key: ServiceKey, opts: dict[str, str | None]) -> Dest:
     addr, port = _addr_port(ctx, text, "real server address")
     fwds = [o for o in ("gatewaying", "masquerading", "ipip") if o in opts]
     if len(fwds) > 1:
-        raise ctx.fail(f"more than one forwarding method ({', '.join(fwds)})",
-                       "give one of -g, -m, -i")
-    fwd = {"gatewaying": Fwd.DR, "masquerading": Fwd.NAT, "ipip": Fwd.TUN}[fwds[0] if fwds
-                                                                             else "gatewaying"]
+        raise ctx.fail(
+            f"more than one forwarding method ({', '.join(fwds)})", "give one of -g, -m, -i"
+        )
+    fwd = {"gatewaying": Fwd.DR, "masquerading": Fwd.NAT, "ipip": Fwd.TUN}[
+        fwds[0] if fwds else "gatewaying"
+    ]
     if port is None or (not key.fwmark and fwd in (Fwd.DR, Fwd.TUN)):
         port = key.vport  # ipvsadm: copy vport; DR/TUN dest port must equal the service port
     if Family.of(addr) is not key.family and fwd is not Fwd.TUN:
-        raise ctx.fail(f"real server {addr} is not of the service's family",
-                       "mixed families need tunnelling (-i)")
-    weight = _number(ctx, opts["weight"] or "", "weight", 0, MAX_WEIGHT) \
-        if opts.get("weight") is not None else 1
-    u = _number(ctx, opts["u-threshold"] or "", "u-threshold", 0, INT_MAX) \
-        if opts.get("u-threshold") is not None else 0
-    lo = _number(ctx, opts["l-threshold"] or "", "l-threshold", 0, INT_MAX) \
-        if opts.get("l-threshold") is not None else 0
+        raise ctx.fail(
+            f"real server {addr} is not of the service's family",
+            "mixed families need tunnelling (-i)",
+        )
+    weight = (
+        _number(ctx, opts["weight"] or "", "weight", 0, MAX_WEIGHT)
+        if opts.get("weight") is not None
+        else 1
+    )
+    u = (
+        _number(ctx, opts["u-threshold"] or "", "u-threshold", 0, INT_MAX)
+        if opts.get("u-threshold") is not None
+        else 0
+    )
+    lo = (
+        _number(ctx, opts["l-threshold"] or "", "l-threshold", 0, INT_MAX)
+        if opts.get("l-threshold") is not None
+        else 0
+    )
     if u and lo > u:
         raise ctx.fail(f"l-threshold {lo} is above u-threshold {u}", "make -y at most -x")
     return Dest(addr, port, weight, fwd, u, lo)
 
 
 _SERVICE_ONLY = ("scheduler", "persistent", "netmask", "ops", "pe", "sched-flags", "ipv6")
-_DEST_ONLY = ("real-server", "gatewaying", "masquerading", "ipip", "weight", "u-threshold",
-              "l-threshold")
+_DEST_ONLY = (
+    "real-server",
+    "gatewaying",
+    "masquerading",
+    "ipip",
+    "weight",
+    "u-threshold",
+    "l-threshold",
+)
 
 
 def _parse_line(ctx: _Line, text: str) -> Op | None:
@@ -407,13 +506,16 @@ def _parse_line(ctx: _Line, text: str) -> Op | None:
     if command in ("add-service", "edit-service", "delete-service"):
         bad = [o for o in _DEST_ONLY if o in opts]
         if bad:
-            raise ctx.fail(f"option --{bad[0]} does not apply to a service command",
-                           "give real-server options with -a/-e/-d")
+            raise ctx.fail(
+                f"option --{bad[0]} does not apply to a service command",
+                "give real-server options with -a/-e/-d",
+            )
         if command == "delete-service":
             extra = [o for o in _SERVICE_ONLY if o in opts and o != "ipv6"]
             if extra:
-                raise ctx.fail(f"option --{extra[0]} does not apply to -D",
-                               "write -D -t/-u/-f only")
+                raise ctx.fail(
+                    f"option --{extra[0]} does not apply to -D", "write -D -t/-u/-f only"
+                )
             return DelService(ctx.lineno, key)
         service = _service(ctx, key, opts)
         if command == "add-service":
@@ -422,8 +524,10 @@ def _parse_line(ctx: _Line, text: str) -> Op | None:
         return EditService(ctx.lineno, service, frozenset(o for o in opts if o in _SERVICE_ONLY))
     bad = [o for o in _SERVICE_ONLY if o in opts and o != "ipv6"]
     if bad:
-        raise ctx.fail(f"option --{bad[0]} does not apply to a real-server command",
-                       "give service options with -A/-E")
+        raise ctx.fail(
+            f"option --{bad[0]} does not apply to a real-server command",
+            "give service options with -A/-E",
+        )
     dest = _dest(ctx, key, opts)
     if command == "add-server":
         return AddDest(ctx.lineno, key, dest)
@@ -474,8 +578,9 @@ def replay(ops: list[Op], filename: str = "<rules>") -> tuple[ServiceConfig, ...
         key = op.service.key if isinstance(op, AddService | EditService) else op.key
         if isinstance(op, AddService):
             if key in services:
-                raise ctx.fail(f"service {key} already exists",
-                               "use -E to change it, or -D it first")
+                raise ctx.fail(
+                    f"service {key} already exists", "use -E to change it, or -D it first"
+                )
             services[key] = op.service
             dests[key] = []
             continue
@@ -489,14 +594,18 @@ def replay(ops: list[Op], filename: str = "<rules>") -> tuple[ServiceConfig, ...
             del services[key], dests[key]
         elif isinstance(op, AddDest):
             if any(d.addr == op.dest.addr and d.port == op.dest.port for d in dests[key]):
-                raise ctx.fail(f"real server {op.dest} already exists in {key}",
-                               "use -e to change it, or -d it first")
+                raise ctx.fail(
+                    f"real server {op.dest} already exists in {key}",
+                    "use -e to change it, or -d it first",
+                )
             dests[key].append(op.dest)
         elif isinstance(op, EditDest | DelDest):
-            addr, port = (op.dest.addr, op.dest.port) if isinstance(op, EditDest) else (
-                op.addr, op.port)
-            idx = next((i for i, d in enumerate(dests[key]) if d.addr == addr and d.port == port),
-                       None)
+            addr, port = (
+                (op.dest.addr, op.dest.port) if isinstance(op, EditDest) else (op.addr, op.port)
+            )
+            idx = next(
+                (i for i, d in enumerate(dests[key]) if d.addr == addr and d.port == port), None
+            )
             if idx is None:
                 shown = f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
                 raise ctx.fail(f"no real server {shown} in {key}", "add it with -a first")

@@ -77,7 +77,7 @@ def parse_release(text: str) -> KernelLevel:
         if series is None or (deb[1], deb[2]) == (series[1], series[2]):
             return KernelLevel(int(deb[1]), int(deb[2]), int(deb[3]), text)
     if series is not None:
-        text = text[series.start(1):].split()[0]
+        text = text[series.start(1) :].split()[0]
     m = _PLAIN.match(text)
     if not m:
         raise ValueError(f"not a kernel release: {text!r} (expected e.g. 6.1.192 or 6.12.117)")

@@ -20,9 +20,15 @@ How = Literal["fwmark", "exact", "ftp-fallback", "port-zero"]
 T = TypeVar("T")
 
 
-def find_service(services: Mapping[ServiceKey, T], family: Family, mark: int, proto: Proto,
-                 vaddr: IPAddress, vport: int, unprivileged_port_start: int = 1024,
-                 ) -> tuple[T, How] | None:
+def find_service(
+    services: Mapping[ServiceKey, T],
+    family: Family,
+    mark: int,
+    proto: Proto,
+    vaddr: IPAddress,
+    vport: int,
+    unprivileged_port_start: int = 1024,
+) -> tuple[T, How] | None:
     """The service a packet hits and which rule found it, or None (packet goes local)."""
     if mark:
         svc = services.get(ServiceKey(family, Proto.TCP, None, 0, mark))
@@ -75,8 +81,15 @@ class ServiceIndex(Generic[T]):
             assert key.vaddr is not None
             del self._by_addr[(key.family, key.proto, int(key.vaddr), key.vport)]
 
-    def find(self, family: Family, mark: int, proto: Proto, vaddr: int, vport: int,
-             unprivileged_port_start: int = 1024) -> T | None:
+    def find(
+        self,
+        family: Family,
+        mark: int,
+        proto: Proto,
+        vaddr: int,
+        vport: int,
+        unprivileged_port_start: int = 1024,
+    ) -> T | None:
         """:func:`find_service` without the "how", ``vaddr`` given as ``int(address)``."""
         if mark:
             svc = self._by_mark.get((family, mark))

@@ -29,8 +29,10 @@ _KINDS: tuple[str, ...] = get_args(PacketKind)
 _PROTOS = {"tcp": Proto.TCP, "udp": Proto.UDP, "sctp": Proto.SCTP}
 _ENDPOINT = r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+):(\d+)"
 _FLOW = re.compile(rf"^\s*(\w+)\s+{_ENDPOINT}\s*->\s*{_ENDPOINT}((?:\s+\S+)*)\s*$")
-FLOW_SYNTAX = "PROTO SADDR:SPORT -> DADDR:DPORT [mark=N] [KIND], e.g. " \
-              "'tcp 198.18.16.10:40000 -> 198.19.0.1:80'"
+FLOW_SYNTAX = (
+    "PROTO SADDR:SPORT -> DADDR:DPORT [mark=N] [KIND], e.g. "
+    "'tcp 198.18.16.10:40000 -> 198.19.0.1:80'"
+)
 
 
 class PredictError(ModelError):
@@ -84,9 +86,11 @@ def endpoint(addr: IPAddress | None, port: int | None) -> str:
 def render_template(t: Template) -> str:
     """One ``ipvsadm -Lnc`` row, single-spaced: ``PRO MM:SS STATE SRC VIRT DEST``."""
     secs = t.expires or 0
-    return (f"{t.proto.name} {secs // 60:02d}:{secs % 60:02d} {t.state} "
-            f"{endpoint(t.caddr, t.cport)} {endpoint(t.vaddr, t.vport)} "
-            f"{endpoint(t.daddr, t.dport)}")
+    return (
+        f"{t.proto.name} {secs // 60:02d}:{secs % 60:02d} {t.state} "
+        f"{endpoint(t.caddr, t.cport)} {endpoint(t.vaddr, t.vport)} "
+        f"{endpoint(t.daddr, t.dport)}"
+    )
 
 
 def _addr(text: str, where: str) -> IPAddress:
@@ -94,11 +98,14 @@ def _addr(text: str, where: str) -> IPAddress:
     try:
         addr = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
-        raise PredictError(f"{where}: bad address {text!r} (use an IPv4 address or an IPv6 "
-                           "address in brackets)") from None
+        raise PredictError(
+            f"{where}: bad address {text!r} (use an IPv4 address or an IPv6 address in brackets)"
+        ) from None
     if bracket != (addr.version == 6):
-        raise PredictError(f"{where}: address {text!r}: IPv6 goes in brackets, IPv4 does not "
-                           "(e.g. [2001:db8::1]:80, 198.19.0.1:80)")
+        raise PredictError(
+            f"{where}: address {text!r}: IPv6 goes in brackets, IPv4 does not "
+            "(e.g. [2001:db8::1]:80, 198.19.0.1:80)"
+        )
     return addr
 
 
@@ -111,8 +118,9 @@ def parse_flow(text: str, where: str = "flow") -> Flow:
         raise PredictError(f"{where}: unknown protocol {m[1]!r} (use tcp, udp or sctp)")
     saddr, daddr = _addr(m[2], where), _addr(m[4], where)
     if saddr.version != daddr.version:
-        raise PredictError(f"{where}: source and destination families differ (use two IPv4 or "
-                           "two IPv6 addresses)")
+        raise PredictError(
+            f"{where}: source and destination families differ (use two IPv4 or two IPv6 addresses)"
+        )
     sport, dport = int(m[3]), int(m[5])
     if sport > 65535 or dport > 65535:
         raise PredictError(f"{where}: port out of range (use 0..65535)")
@@ -125,13 +133,16 @@ def parse_flow(text: str, where: str = "flow") -> Flow:
             except ValueError:
                 mark = -1
             if not 0 <= mark <= 0xFFFFFFFF:
-                raise PredictError(f"{where}: bad fwmark {value!r} (use mark=N, N in "
-                                   "0..4294967295)")
+                raise PredictError(
+                    f"{where}: bad fwmark {value!r} (use mark=N, N in 0..4294967295)"
+                )
         elif extra in _KINDS:
             kind = extra
         else:
-            raise PredictError(f"{where}: unknown flow attribute {extra!r} (use mark=N or a "
-                               f"packet kind: {', '.join(_KINDS)})")
+            raise PredictError(
+                f"{where}: unknown flow attribute {extra!r} (use mark=N or a "
+                f"packet kind: {', '.join(_KINDS)})"
+            )
     return Flow(proto, saddr, sport, daddr, dport, kind, mark)  # type: ignore[arg-type]
 
 
@@ -163,8 +174,11 @@ def template_for(director: Director, flow: Flow, verdict: Decision, now: float) 
     """The valid template the model holds for ``flow`` now (None for non-persistent paths)."""
     if verdict.kind != "forward":
         return None
-    nets = {masked(flow.saddr, s) for s, _ in director.services()
-            if s.persistent and s.family is flow.family}
+    nets = {
+        masked(flow.saddr, s)
+        for s, _ in director.services()
+        if s.persistent and s.family is flow.family
+    }
     mark_vaddr = fwmark_vaddr(flow.family, flow.mark) if flow.mark else None
     for t in director.templates(now):
         if t.invalidated or t.caddr not in nets or t.daddr != verdict.dest:
@@ -174,8 +188,12 @@ def template_for(director: Director, flow: Flow, verdict: Decision, now: float) 
     return None
 
 
-def predict(ops: list[Op], events: list[Event], level: KernelLevel = DEFAULT,
-            sysctls: dict[str, int] | None = None) -> list[Prediction]:
+def predict(
+    ops: list[Op],
+    events: list[Event],
+    level: KernelLevel = DEFAULT,
+    sysctls: dict[str, int] | None = None,
+) -> list[Prediction]:
     """Load the rules at t=0, then feed ``events`` in order through a Director."""
     director = Director(level, Sysctls())
     for name, value in (sysctls or {}).items():
@@ -186,8 +204,10 @@ def predict(ops: list[Op], events: list[Event], level: KernelLevel = DEFAULT,
     for ev in events:
         if isinstance(ev, At):
             if ev.seconds < now:
-                raise PredictError(f"time goes back from {now:g} to {ev.seconds:g} (give "
-                                   "increasing --at / @ values: they are absolute)")
+                raise PredictError(
+                    f"time goes back from {now:g} to {ev.seconds:g} (give "
+                    "increasing --at / @ values: they are absolute)"
+                )
             now = ev.seconds
             continue
         verdict = director.packet(ev, now)

@@ -38,11 +38,12 @@ if TYPE_CHECKING:
 
 HZ = 250
 CONN_TAB_SIZE = 1 << 12
-CONN_HEADER = ("Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName "
-               "PEData\n")
-INFO_HEADER = (f"IP Virtual Server version 1.2.1 (size={CONN_TAB_SIZE})\n"
-               "Prot LocalAddress:Port Scheduler Flags\n"
-               "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n")
+CONN_HEADER = "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n"
+INFO_HEADER = (
+    f"IP Virtual Server version 1.2.1 (size={CONN_TAB_SIZE})\n"
+    "Prot LocalAddress:Port Scheduler Flags\n"
+    "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+)
 _FWD_NAME = {Fwd.NAT: "Masq", Fwd.LOCAL: "Local", Fwd.TUN: "Tunnel", Fwd.DR: "Route"}
 _FWD_BY_NAME = {v: k for k, v in _FWD_NAME.items()}
 _PROTO_BY_NAME = {"IP": Proto.IP, "TCP": Proto.TCP, "UDP": Proto.UDP, "SCTP": Proto.SCTP}
@@ -54,10 +55,22 @@ def _addr(a: IPAddress) -> str:
     return ":".join(f"{(int(a) >> (112 - 16 * i)) & 0xFFFF:04x}" for i in range(8))
 
 
-def _row(proto: Proto, caddr: IPAddress, cport: int, vaddr: IPAddress, vport: int,
-         daddr: IPAddress, dport: int, state: str, expires: int | None, pe: str) -> str:
-    return (f"{proto.name:<3} {_addr(caddr)} {cport:04X} {_addr(vaddr)} {vport:04X} "
-            f"{_addr(daddr)} {dport:04X} {state:<11} {expires or 0:7d}{pe}\n")
+def _row(
+    proto: Proto,
+    caddr: IPAddress,
+    cport: int,
+    vaddr: IPAddress,
+    vport: int,
+    daddr: IPAddress,
+    dport: int,
+    state: str,
+    expires: int | None,
+    pe: str,
+) -> str:
+    return (
+        f"{proto.name:<3} {_addr(caddr)} {cport:04X} {_addr(vaddr)} {vport:04X} "
+        f"{_addr(daddr)} {dport:04X} {state:<11} {expires or 0:7d}{pe}\n"
+    )
 
 
 def render_ip_vs_conn(templates: Iterable[Template], connections: Iterable[Connection]) -> str:
@@ -65,11 +78,35 @@ def render_ip_vs_conn(templates: Iterable[Template], connections: Iterable[Conne
     out = [CONN_HEADER]
     for t in templates:
         pe = f" {t.pe_name} {t.pe_data}" if t.pe_name else ""
-        out.append(_row(t.proto, t.caddr, t.cport, t.vaddr, t.vport, t.daddr, t.dport,
-                        t.state, t.expires, pe))
+        out.append(
+            _row(
+                t.proto,
+                t.caddr,
+                t.cport,
+                t.vaddr,
+                t.vport,
+                t.daddr,
+                t.dport,
+                t.state,
+                t.expires,
+                pe,
+            )
+        )
     for c in connections:
-        out.append(_row(c.proto, c.caddr, c.cport, c.vaddr, c.vport, c.daddr, c.dport,
-                        c.state, c.expires, ""))
+        out.append(
+            _row(
+                c.proto,
+                c.caddr,
+                c.cport,
+                c.vaddr,
+                c.vport,
+                c.daddr,
+                c.dport,
+                c.state,
+                c.expires,
+                "",
+            )
+        )
     return "".join(out)
 
 
@@ -81,8 +118,9 @@ def _parse_addr(text: str, line: str) -> IPAddress:
             raise ValueError(text)
         return ipaddress.IPv4Address(int(text, 16))
     except ValueError:
-        raise ProcParseError(f"bad address {text!r} in line {line!r}; expected 8 hex digits "
-                             "or a full IPv6 address") from None
+        raise ProcParseError(
+            f"bad address {text!r} in line {line!r}; expected 8 hex digits or a full IPv6 address"
+        ) from None
 
 
 def _parse_port(text: str, line: str) -> int:
@@ -103,8 +141,10 @@ def parse_ip_vs_conn(text: str) -> tuple[list[Template], list[Connection]]:
             continue
         parts = line.split(maxsplit=10)
         if len(parts) not in (9, 11):
-            raise ProcParseError(f"line {line!r} has {len(parts)} fields; /proc/net/ip_vs_conn "
-                                 "rows have 9 (11 with PEName PEData)")
+            raise ProcParseError(
+                f"line {line!r} has {len(parts)} fields; /proc/net/ip_vs_conn "
+                "rows have 9 (11 with PEName PEData)"
+            )
         pname, c, cp, v, vp, d, dp, state, exp = parts[:9]
         proto = _PROTO_BY_NAME.get(pname)
         if proto is None:
@@ -117,14 +157,29 @@ def parse_ip_vs_conn(text: str) -> tuple[list[Template], list[Connection]]:
         pe_name, pe_data = (parts[9], parts[10]) if len(parts) == 11 else ("", "")
         if proto is Proto.IP or pe_name or (cport == 0 and state in ("NONE", "ASSURED")):
             if state not in ("NONE", "ASSURED"):
-                raise ProcParseError(f"template state {state!r} in line {line!r}; expected "
-                                     "NONE or ASSURED")
-            templates.append(Template(family, proto, caddr, cport, vaddr, vport, daddr, dport,
-                                      "ASSURED" if state == "ASSURED" else "NONE", int(exp),
-                                      pe_name, pe_data))
+                raise ProcParseError(
+                    f"template state {state!r} in line {line!r}; expected NONE or ASSURED"
+                )
+            templates.append(
+                Template(
+                    family,
+                    proto,
+                    caddr,
+                    cport,
+                    vaddr,
+                    vport,
+                    daddr,
+                    dport,
+                    "ASSURED" if state == "ASSURED" else "NONE",
+                    int(exp),
+                    pe_name,
+                    pe_data,
+                )
+            )
         else:
-            conns.append(Connection(family, proto, caddr, cport, vaddr, vport, daddr, dport,
-                                    state, int(exp)))
+            conns.append(
+                Connection(family, proto, caddr, cport, vaddr, vport, daddr, dport, state, int(exp))
+            )
     return templates, conns
 
 
@@ -156,8 +211,10 @@ def render_service(service: Service, dests: Iterable[tuple[Dest, int, int]]) -> 
     out = [head]
     for d, active, inact in dests:
         host = f"[{_addr(d.addr)}]" if d.family is Family.IPV6 else _addr(d.addr)
-        out.append(f"  -> {host}:{d.port:04X}      {_FWD_NAME[d.fwd]:<7} {d.weight:<6d} "
-                   f"{active:<10d} {inact:<10d}\n")
+        out.append(
+            f"  -> {host}:{d.port:04X}      {_FWD_NAME[d.fwd]:<7} {d.weight:<6d} "
+            f"{active:<10d} {inact:<10d}\n"
+        )
     return "".join(out)
 
 
@@ -182,16 +239,22 @@ def parse_ip_vs(text: str) -> list[tuple[Service, list[Dest]]]:
     """
     result: list[tuple[Service, list[Dest]]] = []
     for line in text.splitlines():
-        if (not line.strip() or line.startswith("IP Virtual Server") or line.startswith("Prot ")
-                or line.startswith("  -> RemoteAddress")):
+        if (
+            not line.strip()
+            or line.startswith("IP Virtual Server")
+            or line.startswith("Prot ")
+            or line.startswith("  -> RemoteAddress")
+        ):
             continue
         if line.startswith("  -> "):
             if not result:
                 raise ProcParseError(f"dest line {line!r} before any service line")
             parts = line.split()
             if len(parts) != 6:
-                raise ProcParseError(f"dest line {line!r}: expected '-> ADDR:PORT Forward "
-                                     "Weight ActiveConn InActConn'")
+                raise ProcParseError(
+                    f"dest line {line!r}: expected '-> ADDR:PORT Forward "
+                    "Weight ActiveConn InActConn'"
+                )
             hostport, fwd_name, weight = parts[1], parts[2], parts[3]
             host, _, port = hostport.rpartition(":")
             addr = _parse_addr(host.strip("[]"), line)
@@ -229,8 +292,11 @@ def _parse_service_line(line: str) -> Service:
         key = ServiceKey(Family.of(addr), proto, addr, _parse_port(port, line))
     netmask = None
     if netmask_raw is not None:
-        netmask = (netmask_raw if key.family is Family.IPV4
-                   else int.from_bytes(netmask_raw.to_bytes(4, "big"), "little"))
+        netmask = (
+            netmask_raw
+            if key.family is Family.IPV4
+            else int.from_bytes(netmask_raw.to_bytes(4, "big"), "little")
+        )
         if netmask == full_netmask(key.family):
             netmask = None
     return Service(key, sched, timeout, netmask, ops, SvcFlag.NONE)
@@ -246,5 +312,12 @@ def _fix_family(service: Service, dests: list[Dest]) -> Service:
         mask = int.from_bytes(mask.to_bytes(4, "big"), "little")
         if mask == full_netmask(fam):
             mask = None
-    return Service(ServiceKey(fam, k.proto, None, 0, k.fwmark), service.scheduler,
-                   service.timeout, mask, service.ops, service.sched_flags, service.pe)
+    return Service(
+        ServiceKey(fam, k.proto, None, 0, k.fwmark),
+        service.scheduler,
+        service.timeout,
+        mask,
+        service.ops,
+        service.sched_flags,
+        service.pe,
+    )

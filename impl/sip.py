@@ -25,8 +25,9 @@ def _isalnum(c: int) -> bool:
 
 def _iswordc(c: int) -> bool:
     # iswordc() compares a (signed) char: bytes >= 128 only pass through isalnum().
-    return _isalnum(c) or (c < 128 and (
-        c in b'!"%:<>?_`{}~\'' or 40 <= c <= 43 or 91 <= c <= 93 or 45 <= c <= 47))
+    return _isalnum(c) or (
+        c < 128 and (c in b"!\"%:<>?_`{}~'" or 40 <= c <= 43 or 91 <= c <= 93 or 45 <= c <= 47)
+    )
 
 
 def _word_len(data: bytes, pos: int) -> int:
@@ -92,10 +93,13 @@ def _get_header(data: bytes, dataoff: int) -> tuple[int, int, int]:
         if data[pos] in (32, 9):  # continuation line
             pos += 1
             continue
-        if limit - pos >= len(_NAME) and data[pos:pos + len(_NAME)].lower() == _NAME:
+        if limit - pos >= len(_NAME) and data[pos : pos + len(_NAME)].lower() == _NAME:
             pos += len(_NAME)
-        elif (limit - pos >= len(_CNAME) + 1 and data[pos:pos + 1].lower() == _CNAME
-              and not _isalpha(data[pos + 1])):
+        elif (
+            limit - pos >= len(_CNAME) + 1
+            and data[pos : pos + 1].lower() == _CNAME
+            and not _isalpha(data[pos + 1])
+        ):
             pos += len(_CNAME)
         else:
             pos += 1

@@ -52,7 +52,7 @@ def siphash(data: bytes, key: tuple[int, int], c_rounds: int = 2, d_rounds: int 
     n = len(data)
     full = n - (n % 8)
     for i in range(0, full, 8):
-        m = int.from_bytes(data[i:i + 8], "little")
+        m = int.from_bytes(data[i : i + 8], "little")
         v3 ^= m
         for _ in range(c_rounds):
             v0, v1, v2, v3 = _sipround(v0, v1, v2, v3)

@@ -188,11 +188,17 @@ class FwmarkRule:
 
 
 # What a packet is, as far as scheduling cares (ipvs-semantics §1.3).
-PacketKind = Literal["syn", "synack", "ack", "fin", "rst", "udp", "init", "abort", "data",
-                     "echo"]  # echo: ICMP / ICMPv6 echo request (sport = its identifier)
+PacketKind = Literal[
+    "syn", "synack", "ack", "fin", "rst", "udp", "init", "abort", "data", "echo"
+]  # echo: ICMP / ICMPv6 echo request (sport = its identifier)
 # Flow.packet_kind when ``kind`` is None: the first packet of a new connection.
-_DEFAULT_KIND: dict[Proto, PacketKind] = {Proto.TCP: "syn", Proto.UDP: "udp", Proto.SCTP: "init",
-                                          Proto.ICMP: "echo", Proto.ICMPV6: "echo"}
+_DEFAULT_KIND: dict[Proto, PacketKind] = {
+    Proto.TCP: "syn",
+    Proto.UDP: "udp",
+    Proto.SCTP: "init",
+    Proto.ICMP: "echo",
+    Proto.ICMPV6: "echo",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,8 +230,16 @@ class Flow:
         return _DEFAULT_KIND.get(self.proto, "data")  # a module constant: read on every packet
 
     def with_mark(self, mark: int) -> Flow:
-        return Flow(self.proto, self.saddr, self.sport, self.daddr, self.dport, self.kind, mark,
-                    self.payload)
+        return Flow(
+            self.proto,
+            self.saddr,
+            self.sport,
+            self.daddr,
+            self.dport,
+            self.kind,
+            mark,
+            self.payload,
+        )
 
     def __str__(self) -> str:
         def ep(a: IPAddress, p: int) -> str:
@@ -345,8 +359,27 @@ class ProtoTimeouts:
 
 
 __all__ = [
-    "IPAddress", "IPNetwork", "Family", "IPV4", "IPV6", "Proto", "Fwd", "SvcFlag",
-    "full_netmask", "ServiceKey", "Service", "Dest", "FwmarkRule", "PacketKind", "Flow",
-    "DecisionKind", "Decision", "TemplateState", "Template", "Connection", "Sysctls",
-    "ProtoTimeouts", "field",
+    "IPAddress",
+    "IPNetwork",
+    "Family",
+    "IPV4",
+    "IPV6",
+    "Proto",
+    "Fwd",
+    "SvcFlag",
+    "full_netmask",
+    "ServiceKey",
+    "Service",
+    "Dest",
+    "FwmarkRule",
+    "PacketKind",
+    "Flow",
+    "DecisionKind",
+    "Decision",
+    "TemplateState",
+    "Template",
+    "Connection",
+    "Sysctls",
+    "ProtoTimeouts",
+    "field",
 ]

@@ -19,18 +19,27 @@ _PARTS = ("harness.fixtures", "harness.lanes.pytest_lane", "conformance.runner.p
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lvsconf", "lvsconf: IPVS persistence conformance")
     group.addoption(
-        "--impl", action="store", default=None, metavar="NAMES",
+        "--impl",
+        action="store",
+        default=None,
+        metavar="NAMES",
         help="implementations under test, comma separated: kernel, reference, or module:attr "
         "(default: every implementation available here)",
     )
     group.addoption(
-        "--kernel", action="store", default=None, metavar="LANE",
+        "--kernel",
+        action="store",
+        default=None,
+        metavar="LANE",
         help="kernel lane for kernel-IPVS tests: 'host' (the running kernel), 'auto' (the "
         "distribution's current linux-image-amd64 in a VM), a Debian kernel version such as "
         "6.1.0-56-amd64, or a path to a kernel image (default: host if it has IPVS, else auto)",
     )
     group.addoption(
-        "--lvs-report", action="store", default=None, metavar="DIR",
+        "--lvs-report",
+        action="store",
+        default=None,
+        metavar="DIR",
         help="write results.json, index.html and summary.md into DIR",
     )
 

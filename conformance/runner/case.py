@@ -85,8 +85,6 @@ class ClockStalled(RuntimeError):
     """The director's clock did not reach an Advance target within its deadline."""
 
 
-
-
 def _default_model_factory(scenario: Scenario, level: KernelLevel) -> Model:
     from impl.director import Director
 

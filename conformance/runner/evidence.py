@@ -20,6 +20,7 @@ from impl.scenario import (
 
 if TYPE_CHECKING:
     from conformance.runner.grading import CaseResult
+
     pass
 
 

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 Grade = Literal["exact", "equivalent", "fail"]
 
 
-
 def persistence_key(
     services: dict[ServiceKey, Service], flow: Flow, unpriv_start: int = 1024
 ) -> tuple[object, ...] | None:

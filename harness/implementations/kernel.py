@@ -67,8 +67,9 @@ def ensure_ip_vs() -> None:
         return
     exe = shutil.which("modprobe") or "/sbin/modprobe"
     try:
-        out = subprocess.run([exe, "ip_vs"], capture_output=True, text=True, timeout=60,
-                             check=False)
+        out = subprocess.run(
+            [exe, "ip_vs"], capture_output=True, text=True, timeout=60, check=False
+        )
         why = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
     except FileNotFoundError:
         why = "modprobe not found (apt-get install kmod)"
@@ -147,12 +148,17 @@ def dest_attrs(dest: Dest) -> dict[str, Any]:
 def nft_fwmark_ruleset(rules: tuple[FwmarkRule, ...] | list[FwmarkRule]) -> str:
     """A mangle-prerouting ruleset giving packets their mark; the first matching rule wins
     (``accept`` ends this chain, as :meth:`Scenario.mark` assumes)."""
-    lines = [f"table inet {NFT_TABLE} {{", "  chain prerouting {",
-             "    type filter hook prerouting priority mangle; policy accept;"]
+    lines = [
+        f"table inet {NFT_TABLE} {{",
+        "  chain prerouting {",
+        "    type filter hook prerouting priority mangle; policy accept;",
+    ]
     for rule in rules:
         fam = "ip" if rule.family is IPV4 else "ip6"
-        match = [f"meta nfproto {'ipv4' if rule.family is IPV4 else 'ipv6'}",
-                 f"{fam} daddr {rule.daddr}"]
+        match = [
+            f"meta nfproto {'ipv4' if rule.family is IPV4 else 'ipv6'}",
+            f"{fam} daddr {rule.daddr}",
+        ]
         if rule.proto is not None:
             match.append(f"meta l4proto {rule.proto.label}")
         elif rule.dports is not None:
@@ -231,11 +237,15 @@ def set_proto_timeouts(netns: str, timeouts: ProtoTimeouts) -> None:
     """``ipvsadm --set tcp tcpfin udp`` in ``netns`` (pyroute2 types SET_CONFIG as raw hex)."""
     exe = shutil.which("ipvsadm")
     if exe is None:
-        raise KernelConfigMismatch("ipvsadm not found (needed for protocol timeouts): "
-                                   "apt-get install ipvsadm")
+        raise KernelConfigMismatch(
+            "ipvsadm not found (needed for protocol timeouts): apt-get install ipvsadm"
+        )
     out = subprocess.run(
         [exe, "--set", str(timeouts.tcp), str(timeouts.tcpfin), str(timeouts.udp)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         preexec_fn=runs.netns_preexec(netns),
     )
     if out.returncode != 0:
@@ -286,16 +296,18 @@ class KernelDirector:
 
     def add_service(self, svc: Service) -> None:
         self.services[svc.key] = svc
-        self._netlink("add service", svc.key,
-                      lambda: self.ipvs.service("add", service=self._svc(svc)))
+        self._netlink(
+            "add service", svc.key, lambda: self.ipvs.service("add", service=self._svc(svc))
+        )
         self.check_service(svc)
 
     def edit_service(self, service: Service) -> None:
         if service.key not in self.services:
             raise KeyError(f"no service {service.key} configured on this director")
         self.services[service.key] = service
-        self._netlink("set service", service.key,
-                      lambda: self.ipvs.service("set", service=self._svc(service)))
+        self._netlink(
+            "set service", service.key, lambda: self.ipvs.service("set", service=self._svc(service))
+        )
         self.check_service(service)
 
     def del_service(self, key: ServiceKey) -> None:
@@ -321,8 +333,11 @@ class KernelDirector:
             "pe_name": got.get("pe_name") or None,
         }
         asked = {
-            "sched_name": want["sched_name"], "flags": want["flags"]["flags"],
-            "timeout": want["timeout"], "netmask": svc.mask, "pe_name": svc.pe,
+            "sched_name": want["sched_name"],
+            "flags": want["flags"]["flags"],
+            "timeout": want["timeout"],
+            "netmask": svc.mask,
+            "pe_name": svc.pe,
         }
         _compare(f"service {svc.key}", asked, seen)
 
@@ -330,37 +345,58 @@ class KernelDirector:
     def add_dest(self, key: ServiceKey, dest: Dest) -> None:
         from pyroute2 import IPVSDest  # noqa: PLC0415
 
-        self._netlink("add dest", key, lambda: self.ipvs.dest(
-            "add", service=self._svc(key), dest=IPVSDest(**dest_attrs(dest))))
+        self._netlink(
+            "add dest",
+            key,
+            lambda: self.ipvs.dest(
+                "add", service=self._svc(key), dest=IPVSDest(**dest_attrs(dest))
+            ),
+        )
         self.check_dest(key, dest)
 
     def edit_dest(self, key: ServiceKey, dest: Dest) -> None:
         from pyroute2 import IPVSDest  # noqa: PLC0415
 
-        self._netlink("set dest", key, lambda: self.ipvs.dest(
-            "set", service=self._svc(key), dest=IPVSDest(**dest_attrs(dest))))
+        self._netlink(
+            "set dest",
+            key,
+            lambda: self.ipvs.dest(
+                "set", service=self._svc(key), dest=IPVSDest(**dest_attrs(dest))
+            ),
+        )
         self.check_dest(key, dest)
 
     def del_dest(self, key: ServiceKey, addr: IPAddress, port: int) -> None:
         from pyroute2 import IPVSDest  # noqa: PLC0415
 
         probe = Dest(addr=addr, port=port)
-        self._netlink("del dest", key, lambda: self.ipvs.dest(
-            "del", service=self._svc(key), dest=IPVSDest(**dest_attrs(probe))))
+        self._netlink(
+            "del dest",
+            key,
+            lambda: self.ipvs.dest(
+                "del", service=self._svc(key), dest=IPVSDest(**dest_attrs(probe))
+            ),
+        )
         if any(d["addr"] == str(addr) and d["port"] == port for d in self.dump_dests(key)):
             raise KernelConfigMismatch(f"dest {probe} of {key} is still listed after delete")
 
     def dump_dests(self, key: ServiceKey) -> list[dict[str, Any]]:
         """The kernel's dests of one service, in its list order."""
-        return [_nla_attrs(m, "IPVS_CMD_ATTR_DEST", "IPVS_DEST_ATTR_")
-                for m in self.ipvs.dest("dump", service=self._svc(key))]
+        return [
+            _nla_attrs(m, "IPVS_CMD_ATTR_DEST", "IPVS_DEST_ATTR_")
+            for m in self.ipvs.dest("dump", service=self._svc(key))
+        ]
 
     def check_dest(self, key: ServiceKey, dest: Dest) -> None:
         for got in self.dump_dests(key):
             if ipaddress.ip_address(got["addr"]) == dest.addr and got["port"] == dest.port:
-                seen = {"fwd_method": int(got["fwd_method"]) & 0x7, "weight": got["weight"],
-                        "u_thresh": got["u_thresh"], "l_thresh": got["l_thresh"],
-                        "addr_family": got.get("addr_family", int(dest.family))}
+                seen = {
+                    "fwd_method": int(got["fwd_method"]) & 0x7,
+                    "weight": got["weight"],
+                    "u_thresh": got["u_thresh"],
+                    "l_thresh": got["l_thresh"],
+                    "addr_family": got.get("addr_family", int(dest.family)),
+                }
                 want = dest_attrs(dest)
                 _compare(f"dest {dest} of {key}", {k: want[k] for k in seen}, seen)
                 return
@@ -384,8 +420,10 @@ class KernelDirector:
         except NetlinkError as exc:
             hint = ""
             if "dest" in what and exc.code == 22:
-                hint = ("; IPVS refuses a real-server address that is not unicast-routable in "
-                        "the director namespace: give it a route to the RIPs")
+                hint = (
+                    "; IPVS refuses a real-server address that is not unicast-routable in "
+                    "the director namespace: give it a route to the RIPs"
+                )
             raise KernelConfigMismatch(
                 f"{what} {key} in namespace {self.netns}: kernel said {exc.args[-1]} "
                 f"(errno {exc.code}){hint}"
@@ -409,13 +447,18 @@ def _same_key(key: ServiceKey, got: dict[str, Any]) -> bool:
         return False
     if key.fwmark:
         return int(got.get("fwmark", 0)) == key.fwmark
-    return (not got.get("fwmark") and int(got.get("protocol", -1)) == int(key.proto)
-            and ipaddress.ip_address(got["addr"]) == key.vaddr and got["port"] == key.vport)
+    return (
+        not got.get("fwmark")
+        and int(got.get("protocol", -1)) == int(key.proto)
+        and ipaddress.ip_address(got["addr"]) == key.vaddr
+        and got["port"] == key.vport
+    )
 
 
 def _compare(what: str, asked: dict[str, Any], seen: dict[str, Any]) -> None:
-    diff = [f"{k}: asked {asked[k]!r}, kernel has {seen[k]!r}" for k in asked
-            if asked[k] != seen[k]]
+    diff = [
+        f"{k}: asked {asked[k]!r}, kernel has {seen[k]!r}" for k in asked if asked[k] != seen[k]
+    ]
     if diff:
         raise KernelConfigMismatch(f"{what}: " + "; ".join(diff))
 
@@ -474,7 +517,18 @@ def _forgiving(undo: Callable[[], object]) -> None:
 
 
 __all__ = [
-    "KernelIPVS", "KernelDirector", "KernelLacksIPVS", "KernelConfigMismatch", "configure",
-    "ensure_ip_vs", "encode_netmask", "decode_netmask", "service_attrs", "dest_attrs",
-    "nft_fwmark_ruleset", "parse_ip_vs_conn", "read_ip_vs_conn", "write_sysctl",
+    "KernelIPVS",
+    "KernelDirector",
+    "KernelLacksIPVS",
+    "KernelConfigMismatch",
+    "configure",
+    "ensure_ip_vs",
+    "encode_netmask",
+    "decode_netmask",
+    "service_attrs",
+    "dest_attrs",
+    "nft_fwmark_ruleset",
+    "parse_ip_vs_conn",
+    "read_ip_vs_conn",
+    "write_sysctl",
 ]

@@ -116,8 +116,10 @@ def _service_reason(svc: Service) -> str | None:
     if svc.pe:
         return f"service {key}: persistence engine {svc.pe} (nftlb has no SIP Call-ID key)"
     if svc.scheduler not in SCHEDULERS:
-        return (f"service {key}: scheduler {svc.scheduler} (nftlb maps only rr and wrr; its "
-                "weight is random and hash/symhash are not IPVS schedulers)")
+        return (
+            f"service {key}: scheduler {svc.scheduler} (nftlb maps only rr and wrr; its "
+            "weight is random and hash/symhash are not IPVS schedulers)"
+        )
     if svc.sched_flags:
         return f"service {key}: scheduler flags {svc.sched_flags!r}"
     return None
@@ -131,8 +133,10 @@ def _dest_reason(key: ServiceKey, dest: Dest) -> str | None:
     if dest.weight == 0 and dest.fwd is Fwd.NAT:
         # a "down" dnat backend leaves the dnat map while its clients' persist entries keep its
         # ct mark, so their packets are not translated at all (measured: answered locally)
-        return (f"dest {dest.addr} of {key}: weight 0 on a NAT dest (nftlb has no quiescent "
-                "dnat backend)")
+        return (
+            f"dest {dest.addr} of {key}: weight 0 on a NAT dest (nftlb has no quiescent "
+            "dnat backend)"
+        )
     return None
 
 
@@ -167,8 +171,10 @@ def unsupported_reason(scenario: Scenario) -> str | None:
             fwd_of.setdefault(step.key, set()).add(step.dest.fwd)
     for key, methods in fwd_of.items():
         if len(methods) > 1:
-            return (f"service {key} mixes forwarding methods "
-                    f"({', '.join(sorted(m.value for m in methods))}); an nftlb farm has one mode")
+            return (
+                f"service {key} mixes forwarding methods "
+                f"({', '.join(sorted(m.value for m in methods))}); an nftlb farm has one mode"
+            )
     return None
 
 
@@ -188,8 +194,9 @@ def backend_name(dest_addr: IPAddress, port: int) -> str:
 class Links:
     """The director's link facts a DSR farm needs (read from the topology at install)."""
 
-    def __init__(self, client_if: str, bridge: str, bridge_mac: str,
-                 rs_macs: Mapping[IPAddress, str]) -> None:
+    def __init__(
+        self, client_if: str, bridge: str, bridge_mac: str, rs_macs: Mapping[IPAddress, str]
+    ) -> None:
         self.client_if = client_if
         self.bridge = bridge
         self.bridge_mac = bridge_mac
@@ -198,8 +205,7 @@ class Links:
     @classmethod
     def of(cls, net: Net) -> Links:
         n = len(net.rs)
-        macs = {addresses.rip(f, i): net.rs_mac(i) for f in net.topology.families
-                for i in range(n)}
+        macs = {addresses.rip(f, i): net.rs_mac(i) for f in net.topology.families for i in range(n)}
         return cls(net.director_client_if, net.director_bridge, net.director_mac(), macs)
 
 
@@ -210,16 +216,21 @@ def backend_json(dest: Dest, links: Links, weighted: bool = True) -> dict[str, s
     # existing ones stay. nftlb's "down" does that: the backend leaves the scheduler map while
     # the persist map still points clients at it (measured on dsr farms; on dnat farms it does
     # not, so unsupported_reason refuses weight 0 there).
-    obj = {"name": backend_name(dest.addr, dest.port), "ip-addr": str(dest.addr),
-           "weight": str(max(dest.weight, 1) if weighted else 1),
-           "state": "up" if dest.weight > 0 else "down"}
+    obj = {
+        "name": backend_name(dest.addr, dest.port),
+        "ip-addr": str(dest.addr),
+        "weight": str(max(dest.weight, 1) if weighted else 1),
+        "state": "up" if dest.weight > 0 else "down",
+    }
     if dest.fwd is Fwd.NAT and dest.port:
         obj["port"] = str(dest.port)
     if dest.fwd is Fwd.DR:
         mac = links.rs_macs.get(dest.addr)
         if mac is None:
-            raise NftlbError(f"dest {dest.addr}: not a real server of this topology, so its MAC "
-                             "(needed by an nftlb dsr backend) is unknown; use addresses.rip()")
+            raise NftlbError(
+                f"dest {dest.addr}: not a real server of this topology, so its MAC "
+                "(needed by an nftlb dsr backend) is unknown; use addresses.rip()"
+            )
         obj["ether-addr"] = mac
     return obj
 
@@ -237,8 +248,13 @@ def farm_modes(scenario: Scenario) -> dict[ServiceKey, Fwd]:
     return {c.service.key: modes.get(c.service.key, Fwd.NAT) for c in scenario.services}
 
 
-def farm_json(name: str, service: Service, dests: tuple[Dest, ...] | list[Dest],
-              links: Links, fwd: Fwd | None = None) -> dict[str, Any]:
+def farm_json(
+    name: str,
+    service: Service,
+    dests: tuple[Dest, ...] | list[Dest],
+    links: Links,
+    fwd: Fwd | None = None,
+) -> dict[str, Any]:
     """One nftlb farm for an IPVS service and its dests (see the module docstring)."""
     key = service.key
     reason = _service_reason(service)
@@ -260,8 +276,9 @@ def farm_json(name: str, service: Service, dests: tuple[Dest, ...] | list[Dest],
         farm["persistence"] = "srcip"
         farm["persist-ttl"] = str(service.timeout)
     if fwd is Fwd.DR:
-        farm.update({"iface": links.client_if, "oface": links.bridge,
-                     "ether-addr": links.bridge_mac})
+        farm.update(
+            {"iface": links.client_if, "oface": links.bridge, "ether-addr": links.bridge_mac}
+        )
     # last: nftlb applies keys in document order, and a dsr backend validated before the
     # farm's oface/ether-addr are known stays in state config_error (never scheduled)
     # reversed: IPVS lists a service's dests newest first and rr walks that list; nftlb's rr
@@ -368,9 +385,16 @@ def _af(addr: IPAddress) -> int:
 class NftlbHandle:
     """A running nftlb director (harness.api.DirectorHandle)."""
 
-    def __init__(self, api: NftlbAPI, process: subprocess.Popen[bytes], net: Net,
-                 farms: dict[ServiceKey, str], dsr: set[ServiceKey], weighted: set[ServiceKey],
-                 log: Path) -> None:
+    def __init__(
+        self,
+        api: NftlbAPI,
+        process: subprocess.Popen[bytes],
+        net: Net,
+        farms: dict[ServiceKey, str],
+        dsr: set[ServiceKey],
+        weighted: set[ServiceKey],
+        log: Path,
+    ) -> None:
         self.api = api
         self.process = process
         self.net = net
@@ -448,12 +472,15 @@ class Nftlb:
         modes = farm_modes(scenario)
         dsr = {key for key, fwd in modes.items() if fwd is Fwd.DR}
         with start(net.director.netns, run=net.run) as (api, proc, log):
-            weighted = {c.service.key for c in scenario.services
-                        if c.service.scheduler in WEIGHTED}
+            weighted = {c.service.key for c in scenario.services if c.service.scheduler in WEIGHTED}
             handle = NftlbHandle(api, proc, net, farms, dsr, weighted, log)
             if scenario.services:
-                bodies = [farm_json(farms[c.service.key], c.service, c.dests, handle.links,
-                                    modes[c.service.key]) for c in scenario.services]
+                bodies = [
+                    farm_json(
+                        farms[c.service.key], c.service, c.dests, handle.links, modes[c.service.key]
+                    )
+                    for c in scenario.services
+                ]
                 vips = {k.vaddr for k in dsr if k.vaddr is not None}
                 with vips_routed_out(net, vips):
                     api.post_farms(*bodies)
@@ -462,7 +489,8 @@ class Nftlb:
 
 def _executable() -> str:
     exe = shutil.which("nftlb") or next(
-        (p for p in ("/usr/sbin/nftlb", "/sbin/nftlb") if os.access(p, os.X_OK)), None)
+        (p for p in ("/usr/sbin/nftlb", "/sbin/nftlb") if os.access(p, os.X_OK)), None
+    )
     if exe is None:
         raise NftlbError(MISSING)
     return exe
@@ -475,8 +503,9 @@ def command(exe: str, key: str, host: str = API_HOST, port: int = API_PORT) -> l
 
 
 @contextlib.contextmanager
-def start(netns: str, run: runs.Run | None = None, timeout: float = READY_TIMEOUT,
-          port: int = API_PORT) -> Iterator[tuple[NftlbAPI, subprocess.Popen[bytes], Path]]:
+def start(
+    netns: str, run: runs.Run | None = None, timeout: float = READY_TIMEOUT, port: int = API_PORT
+) -> Iterator[tuple[NftlbAPI, subprocess.Popen[bytes], Path]]:
     """Run nftlb in ``netns`` until the block exits; yields (api, process, log path)."""
     exe = _executable()
     key = secrets.token_hex(16)
@@ -486,7 +515,8 @@ def start(netns: str, run: runs.Run | None = None, timeout: float = READY_TIMEOU
         stack.callback(_remove_tables, netns)  # after the daemon has stopped (LIFO)
         # its tables must land in the director namespace's ruleset, never the host's
         proc = stack.enter_context(
-            processes.netns_process(command(exe, key, port=port), netns, run, log))
+            processes.netns_process(command(exe, key, port=port), netns, run, log)
+        )
         api = NftlbAPI(netns, key, port=port)
         _wait_ready(api, proc, log_path, timeout)
         yield api, proc, log_path
@@ -498,20 +528,22 @@ def _wait_ready(api: NftlbAPI, proc: subprocess.Popen[bytes], log: Path, timeout
     last = "no answer yet"
     while True:
         if proc.poll() is not None:
-            raise NftlbError(f"nftlb exited with status {proc.returncode} before its API answered: "
-                             f"{processes.last_line(log)}")
+            raise NftlbError(
+                f"nftlb exited with status {proc.returncode} before its API answered: "
+                f"{processes.last_line(log)}"
+            )
         try:
             api.call("GET", "/farms")
             return
         except (OSError, http.client.HTTPException, NftlbError) as exc:
             last = str(exc) or type(exc).__name__
         if time.monotonic() > deadline:
-            raise NftlbError(f"nftlb (pid {proc.pid}) API not ready within {timeout:.0f}s "
-                             f"({last}); its log: {processes.last_line(log)}")
+            raise NftlbError(
+                f"nftlb (pid {proc.pid}) API not ready within {timeout:.0f}s "
+                f"({last}); its log: {processes.last_line(log)}"
+            )
         time.sleep(delay)  # polling interval of a bounded wait
         delay = min(delay * 2, 0.1)
-
-
 
 
 def _remove_tables(netns: str) -> None:
@@ -534,5 +566,17 @@ def leftovers(netns: str) -> list[str]:
     return [t for t in TABLES if f"table {t} " in text or f"table {t}\n" in text]
 
 
-__all__ = ["Nftlb", "NftlbHandle", "NftlbAPI", "NftlbError", "Links", "farm_json",
-           "backend_json", "unsupported_reason", "start", "command", "leftovers", "MISSING"]
+__all__ = [
+    "Nftlb",
+    "NftlbHandle",
+    "NftlbAPI",
+    "NftlbError",
+    "Links",
+    "farm_json",
+    "backend_json",
+    "unsupported_reason",
+    "start",
+    "command",
+    "leftovers",
+    "MISSING",
+]

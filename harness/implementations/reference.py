@@ -44,8 +44,13 @@ class DatapathStartError(RuntimeError):
 class ReferenceHandle:
     """A running reference director (harness.api.DirectorHandle) plus datapath extras."""
 
-    def __init__(self, control: ControlClient, process: subprocess.Popen[bytes],
-                 ready: dict[str, Any], log: Path) -> None:
+    def __init__(
+        self,
+        control: ControlClient,
+        process: subprocess.Popen[bytes],
+        ready: dict[str, Any],
+        log: Path,
+    ) -> None:
         self.control = control
         self.process = process
         self.ready = ready
@@ -114,8 +119,10 @@ class ReferenceDatapath:
             bridge=net.director_bridge,
             rs_macs={addresses.rip(f, i): net.rs_mac(i) for f in fams for i in range(n)},
             client_nets=tuple(addresses.CLIENT_POOL[f] for f in fams),
-            rs_nets=tuple(ipaddress.ip_network(f"{addresses.DIP[f]}/{addresses.RS_PREFIX[f]}",
-                                               strict=False) for f in fams),
+            rs_nets=tuple(
+                ipaddress.ip_network(f"{addresses.DIP[f]}/{addresses.RS_PREFIX[f]}", strict=False)
+                for f in fams
+            ),
             level=self.level.text or self.level.label,
             model=self.model,
         )
@@ -127,8 +134,9 @@ class ReferenceDatapath:
 
 
 @contextlib.contextmanager
-def start(netns: str, config: DatapathConfig, run: runs.Run | None = None,
-          timeout: float = READY_TIMEOUT) -> Iterator[ReferenceHandle]:
+def start(
+    netns: str, config: DatapathConfig, run: runs.Run | None = None, timeout: float = READY_TIMEOUT
+) -> Iterator[ReferenceHandle]:
     """Run the datapath for ``config`` in namespace ``netns`` until the block exits."""
     with contextlib.ExitStack() as stack:
         workdir = processes.workdir(stack, run, netns, "dp")
@@ -137,13 +145,31 @@ def start(netns: str, config: DatapathConfig, run: runs.Run | None = None,
         config.dump(cfg_path)
         log = stack.enter_context(log_path.open("wb"))
         root = Path(__file__).resolve().parents[2]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p))
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(
+                p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p
+            ),
+        )
         stack.callback(_cleanup_netns, netns, config)  # after the process has stopped (LIFO)
-        proc = stack.enter_context(processes.netns_process(
-            [sys.executable, "-m", "impl.datapath", "--config", str(cfg_path),
-             "--control", str(sock_path)],
-            netns, run, log, stdout_pipe=True, env=env))
+        proc = stack.enter_context(
+            processes.netns_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "impl.datapath",
+                    "--config",
+                    str(cfg_path),
+                    "--control",
+                    str(sock_path),
+                ],
+                netns,
+                run,
+                log,
+                stdout_pipe=True,
+                env=env,
+            )
+        )
         ready = _wait_ready(proc, log_path, timeout)
         control = ControlClient(sock_path)
         stack.callback(control.close)
@@ -157,23 +183,25 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> dic
     while b"\n" not in buf:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise DatapathStartError(f"datapath (pid {proc.pid}) not ready within {timeout:.0f}s; "
-                                     f"its log: {processes.last_line(log)}")
+            raise DatapathStartError(
+                f"datapath (pid {proc.pid}) not ready within {timeout:.0f}s; "
+                f"its log: {processes.last_line(log)}"
+            )
         readable, _, _ = select.select([proc.stdout], [], [], left)
         if readable:
             chunk = os.read(proc.stdout.fileno(), 4096)
             if not chunk:
                 proc.wait(timeout=processes.STOP_GRACE)
-                raise DatapathStartError(f"datapath exited with status {proc.returncode} before "
-                                         f"it was ready: {processes.last_line(log)}")
+                raise DatapathStartError(
+                    f"datapath exited with status {proc.returncode} before "
+                    f"it was ready: {processes.last_line(log)}"
+                )
             buf += chunk
     line = buf.split(b"\n", 1)[0]
     ready: dict[str, Any] = json.loads(line)
     if not ready.get("ready"):
         raise DatapathStartError(f"datapath said {line!r} instead of ready")
     return ready
-
-
 
 
 def _cleanup_netns(netns: str, config: DatapathConfig) -> None:

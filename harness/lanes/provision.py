@@ -81,9 +81,7 @@ def _tree_root(moddir: Path) -> Path:
 
 # ---------------------------------------------------------------- resolving names to packages
 
-LIST_HINT = (
-    "list available ones with: apt-cache search --names-only '^linux-image-[0-9].*-amd64'"
-)
+LIST_HINT = "list available ones with: apt-cache search --names-only '^linux-image-[0-9].*-amd64'"
 
 
 def package_for(version: str, run: Runner = _run) -> str:
@@ -193,8 +191,13 @@ def _depmod(root: Path, release: str) -> None:
     moddir = root / "lib" / "modules" / release
     if not moddir.is_dir() or (moddir / "modules.dep").exists() or shutil.which("depmod") is None:
         return
-    out = subprocess.run(["depmod", "-a", "-b", str(root), release], capture_output=True,
-                         text=True, check=False, timeout=300)
+    out = subprocess.run(
+        ["depmod", "-a", "-b", str(root), release],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     if out.returncode != 0:
         raise LaneError(f"depmod for {release} failed: {out.stderr.strip()}; apt-get install kmod")
 
@@ -226,7 +229,11 @@ def fetch(version: str, progress: Progress = lambda _m: None, run: Runner = _run
         os.chmod(tmp, 0o755)  # apt's sandbox user must be able to write here; we pass root anyway
         out = subprocess.run(
             ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package],
-            cwd=tmp, capture_output=True, text=True, check=False, timeout=600,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
         )
         if out.returncode != 0:
             last = (out.stderr.strip().splitlines() or ["(no message)"])[-1]
@@ -237,8 +244,13 @@ def fetch(version: str, progress: Progress = lambda _m: None, run: Runner = _run
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir()
         try:
-            unpack = subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(part)],
-                                    capture_output=True, text=True, check=False, timeout=600)
+            unpack = subprocess.run(
+                ["dpkg-deb", "-x", str(debs[0]), str(part)],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=600,
+            )
             if unpack.returncode != 0:
                 raise LaneError(f"dpkg-deb -x {debs[0].name} failed: {unpack.stderr.strip()}")
             _depmod(part, release)

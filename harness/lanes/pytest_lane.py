@@ -60,8 +60,11 @@ def report_record(report: pytest.TestReport) -> dict[str, Any]:
     elif report.longrepr is not None:
         longrepr = report.longreprtext
     return {
-        "nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
-        "longrepr": longrepr, "duration": report.duration,
+        "nodeid": report.nodeid,
+        "when": report.when,
+        "outcome": report.outcome,
+        "longrepr": longrepr,
+        "duration": report.duration,
         "wasxfail": getattr(report, "wasxfail", None),
         "user_properties": [list(p) for p in report.user_properties],
         "sections": [list(s) for s in report.sections if not s[0].startswith("Captured log")],
@@ -76,11 +79,18 @@ def replay_report(item: pytest.Item, rec: dict[str, Any]) -> TestReport:
     extra = {"wasxfail": rec["wasxfail"]} if rec.get("wasxfail") is not None else {}
     now = time.time()
     return TestReport(
-        nodeid=item.nodeid, location=item.location,
-        keywords=dict.fromkeys(item.keywords, 1), outcome=rec["outcome"], longrepr=longrepr,
-        when=rec["when"], sections=[tuple(s) for s in rec.get("sections", [])],
-        duration=float(rec.get("duration") or 0.0), start=now, stop=now,
-        user_properties=[tuple(p) for p in rec.get("user_properties", [])], **extra,
+        nodeid=item.nodeid,
+        location=item.location,
+        keywords=dict.fromkeys(item.keywords, 1),
+        outcome=rec["outcome"],
+        longrepr=longrepr,
+        when=rec["when"],
+        sections=[tuple(s) for s in rec.get("sections", [])],
+        duration=float(rec.get("duration") or 0.0),
+        start=now,
+        stop=now,
+        user_properties=[tuple(p) for p in rec.get("user_properties", [])],
+        **extra,
     )
 
 
@@ -120,8 +130,15 @@ def guest_pytest_args(config: pytest.Config, nodeids_file: Path, results: Path) 
     workers = guest_workers()
     args = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]
     args += ["-n", str(workers)] if workers > 1 else ["-p", "no:xdist"]
-    args += ["-p", "harness.lanes.pytest_lane", "-v",
-            "--kernel", "host", "--lvs-guest-results", str(results)]
+    args += [
+        "-p",
+        "harness.lanes.pytest_lane",
+        "-v",
+        "--kernel",
+        "host",
+        "--lvs-guest-results",
+        str(results),
+    ]
     inifile = config.inipath
     if inifile is not None:
         args += ["-c", str(inifile)]
@@ -201,7 +218,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     # module is registered after parsing, where the option is not needed.
     with contextlib.suppress(ValueError):
         parser.getgroup("lvsconf").addoption(
-            "--lvs-guest-results", default=None, metavar="PATH",
+            "--lvs-guest-results",
+            default=None,
+            metavar="PATH",
             help="(used inside a kernel-lane guest) write each test report as a JSON line to PATH",
         )
 
@@ -343,8 +362,9 @@ def _run_guest(state: LaneState, d: Path) -> None:
         if echo.show(line):
             state.say(f"guest| {line}")
         if results.exists():
-            n = sum(1 for r in group_records(results.read_text().splitlines()).values()
-                    if finished(r))
+            n = sum(
+                1 for r in group_records(results.read_text().splitlines()).values() if finished(r)
+            )
             if n and not seen["first_case"]:
                 seen["first_case"] = now
             if n != seen["done"]:
@@ -358,27 +378,43 @@ def _run_guest(state: LaneState, d: Path) -> None:
             state.say(f"booting {tree.release} ({accel}) for {total} kernel case(s) …")
             run = vm.GuestRun(
                 image=tree.image,
-                command=guest_command(sys.executable,
-                                      guest_pytest_args(config, d / "nodeids.txt", results)),
-                cwd=config.rootpath, rwdir=d, accel=accel,
+                command=guest_command(
+                    sys.executable, guest_pytest_args(config, d / "nodeids.txt", results)
+                ),
+                cwd=config.rootpath,
+                rwdir=d,
+                accel=accel,
                 memory=os.environ.get("LVSCONF_GUEST_MEM", "1G"),
-                env={"PYTHONDONTWRITEBYTECODE": "1", "LVSCONF_SLOWDOWN": SLOWDOWN,
-                     "LVSCONF_IN_GUEST": "1"},
+                env={
+                    "PYTHONDONTWRITEBYTECODE": "1",
+                    "LVSCONF_SLOWDOWN": SLOWDOWN,
+                    "LVSCONF_IN_GUEST": "1",
+                },
                 timeout=float(os.environ.get("LVSCONF_GUEST_TIMEOUT", 300 + 60 * total)),
             )
             res = vm.run_guest(run, on_line)
-        state.measurements.update(guest_seconds=res.seconds, first_output=seen["first_output"],
-                                  first_case=seen["first_case"])
-        state.say(f"guest exited with status {res.rc} after {res.seconds:.1f} s "
-                  f"(first output {seen['first_output']:.1f} s, first case "
-                  f"{seen['first_case']:.1f} s)")
+        state.measurements.update(
+            guest_seconds=res.seconds,
+            first_output=seen["first_output"],
+            first_case=seen["first_case"],
+        )
+        state.say(
+            f"guest exited with status {res.rc} after {res.seconds:.1f} s "
+            f"(first output {seen['first_output']:.1f} s, first case "
+            f"{seen['first_case']:.1f} s)"
+        )
         if res.rc == 255 or not results.exists():
-            error = (f"guest lost (vng status {res.rc}: kernel panic, or the guest died before "
-                     "writing results); console tail:\n" + res.console_tail
-                     + "\n--- guest output tail:\n" + "\n".join(tail))
+            error = (
+                f"guest lost (vng status {res.rc}: kernel panic, or the guest died before "
+                "writing results); console tail:\n"
+                + res.console_tail
+                + "\n--- guest output tail:\n"
+                + "\n".join(tail)
+            )
         elif res.rc not in (0, 1):
-            error = (f"guest pytest exited with status {res.rc}; guest output tail:\n"
-                     + "\n".join(tail))
+            error = f"guest pytest exited with status {res.rc}; guest output tail:\n" + "\n".join(
+                tail
+            )
     except vm.GuestError as exc:
         error = f"{exc}; console tail:\n{exc.console_tail}"
     except LaneError as exc:

@@ -119,8 +119,18 @@ def guest_script(run: GuestRun) -> str:
 
 
 def vng_argv(run: GuestRun, vng: Path, shim: Path) -> list[str]:
-    argv = [str(vng), "--run", str(run.image), "--force-9p", "-m", run.memory,
-            "--rwdir", str(run.rwdir), "-a", f"PATH={shim}:{GUEST_PATH_TAIL}"]
+    argv = [
+        str(vng),
+        "--run",
+        str(run.image),
+        "--force-9p",
+        "-m",
+        run.memory,
+        "--rwdir",
+        str(run.rwdir),
+        "-a",
+        f"PATH={shim}:{GUEST_PATH_TAIL}",
+    ]
     if run.accel == "tcg":
         argv.append("--disable-kvm")
     if run.verbose_console:
@@ -226,8 +236,12 @@ def run_guest(run: GuestRun, on_line: LineSink, console_lines: int = 80) -> Gues
     start = time.monotonic()
     with _sigterm_as_interrupt():
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=host_env(vng), start_new_session=True,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=host_env(vng),
+            start_new_session=True,
         )
         forget = _record_owner(proc.pid)
         try:
@@ -247,8 +261,12 @@ def run_guest(run: GuestRun, on_line: LineSink, console_lines: int = 80) -> Gues
     return GuestResult(rc, time.monotonic() - start, "\n".join(console))
 
 
-def _pump(proc: subprocess.Popen[bytes], on_line: LineSink,
-          console: collections.deque[str], deadline: float) -> None:
+def _pump(
+    proc: subprocess.Popen[bytes],
+    on_line: LineSink,
+    console: collections.deque[str],
+    deadline: float,
+) -> None:
     assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "out")
@@ -317,9 +335,15 @@ def _kvm_boots(image: Path) -> bool:
 
     with tempfile.TemporaryDirectory(prefix="lvsconf-kvm-") as tmp:
         marker = Path(tmp) / "ok"
-        trial = GuestRun(image=image, command=f"echo ok > {shlex.quote(str(marker))}",
-                         cwd=Path("/"), rwdir=Path(tmp), accel="kvm", timeout=KVM_TRIAL_SECONDS,
-                         verbose_console=False)
+        trial = GuestRun(
+            image=image,
+            command=f"echo ok > {shlex.quote(str(marker))}",
+            cwd=Path("/"),
+            rwdir=Path(tmp),
+            accel="kvm",
+            timeout=KVM_TRIAL_SECONDS,
+            verbose_console=False,
+        )
         try:
             res = run_guest(trial, lambda _l: None)
         except GuestError:

@@ -23,5 +23,14 @@ from harness.traffic.engine import (
     unquiet_endpoints,
 )
 
-__all__ = ["FlowResult", "Mode", "Report", "TrafficError", "quiet_endpoints", "run",
-           "run_report", "slowdown", "unquiet_endpoints"]
+__all__ = [
+    "FlowResult",
+    "Mode",
+    "Report",
+    "TrafficError",
+    "quiet_endpoints",
+    "run",
+    "run_report",
+    "slowdown",
+    "unquiet_endpoints",
+]

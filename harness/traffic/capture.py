@@ -52,8 +52,9 @@ class CaptureError(OSError):
     """A capture socket could not be opened; the message names the namespace and interface."""
 
 
-def bpf_program(v4_protos: Iterable[int], v6_protos: Iterable[int],
-                snaplen: int = SNAPLEN) -> list[tuple[int, int, int, int]]:
+def bpf_program(
+    v4_protos: Iterable[int], v6_protos: Iterable[int], snaplen: int = SNAPLEN
+) -> list[tuple[int, int, int, int]]:
     """A classic BPF program: incoming IPv4 frames whose protocol is in ``v4_protos`` and
     IPv6 frames whose next header is in ``v6_protos``, truncated to ``snaplen``."""
     v4, v6 = list(v4_protos), list(v6_protos)
@@ -101,8 +102,9 @@ class Capture:
     ``where`` is the observer's label: a real server index, or None for the client.
     """
 
-    def __init__(self, node: Node, ifname: str, prog: list[tuple[int, int, int, int]],
-                 where: int | None) -> None:
+    def __init__(
+        self, node: Node, ifname: str, prog: list[tuple[int, int, int, int]], where: int | None
+    ) -> None:
         self.where = where
         self.node = node
         self.ifname = ifname
@@ -110,8 +112,10 @@ class Capture:
             # protocol 0 receives nothing until bind(): the filter is in place before any frame
             sock = node.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except OSError as exc:
-            raise CaptureError(exc.errno, f"AF_PACKET socket in {node.netns}: {exc.strerror} "
-                               "(needs root / CAP_NET_RAW)") from exc
+            raise CaptureError(
+                exc.errno,
+                f"AF_PACKET socket in {node.netns}: {exc.strerror} (needs root / CAP_NET_RAW)",
+            ) from exc
         try:
             attach_filter(sock, prog)
             try:
@@ -122,8 +126,9 @@ class Capture:
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
-            raise CaptureError(exc.errno, f"capture on {ifname} in {node.netns}: "
-                               f"{exc.strerror}") from exc
+            raise CaptureError(
+                exc.errno, f"capture on {ifname} in {node.netns}: {exc.strerror}"
+            ) from exc
         self.sock = sock
 
     def fileno(self) -> int:

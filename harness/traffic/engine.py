@@ -87,10 +87,12 @@ def slowdown() -> float:
         value = float(raw)
     except ValueError:
         raise TrafficError(
-            f"{SLOWDOWN_ENV}={raw!r} is not a number; set e.g. {SLOWDOWN_ENV}=20") from None
+            f"{SLOWDOWN_ENV}={raw!r} is not a number; set e.g. {SLOWDOWN_ENV}=20"
+        ) from None
     if not value >= 1:
         raise TrafficError(
-            f"{SLOWDOWN_ENV}={raw!r} must be >= 1 (1 on the host, ~20 in the VM lane)")
+            f"{SLOWDOWN_ENV}={raw!r} must be >= 1 (1 on the host, ~20 in the VM lane)"
+        )
     return value
 
 
@@ -201,7 +203,7 @@ class _Tracker:
         self.open += 1
 
     def sent_chunk(self, chunk: range, now: float) -> None:
-        self.sent_at[chunk.start:chunk.stop] = [now] * len(chunk)
+        self.sent_at[chunk.start : chunk.stop] = [now] * len(chunk)
         self.open += len(chunk)
 
     def resolved(self, i: int) -> bool:
@@ -235,8 +237,14 @@ class _Tracker:
                     addr = addrs.get(seen.daddr)
                     if addr is None:
                         addr = addrs[seen.daddr] = ipaddress.ip_address(seen.daddr)
-                    outcomes[i] = Outcome("forward", rs=where, addr=addr, port=seen.dport,
-                                          encapsulated=seen.encapsulated, elapsed=now - sent)
+                    outcomes[i] = Outcome(
+                        "forward",
+                        rs=where,
+                        addr=addr,
+                        port=seen.dport,
+                        encapsulated=seen.encapsulated,
+                        elapsed=now - sent,
+                    )
                     self.open -= 1
                     continue
             self.forwarded(seen, where, now)
@@ -262,9 +270,17 @@ class _Tracker:
         addr = self._addr.get(seen.daddr)
         if addr is None:
             addr = self._addr[seen.daddr] = ipaddress.ip_address(seen.daddr)
-        self._resolve(i, Outcome("forward", rs=where, addr=addr, port=seen.dport,
-                                 encapsulated=seen.encapsulated,
-                                 elapsed=now - self.sent_at[i]))  # type: ignore[operator]
+        self._resolve(
+            i,
+            Outcome(
+                "forward",
+                rs=where,
+                addr=addr,
+                port=seen.dport,
+                encapsulated=seen.encapsulated,
+                elapsed=now - self.sent_at[i],
+            ),
+        )  # type: ignore[operator]
 
     def answered(self, key: AnswerKey, now: float) -> None:
         for i, kind in self.answers.get(key, ()):
@@ -296,13 +312,20 @@ def make_stamps(flows: Sequence[Flow]) -> list[Stamp]:
         s = (seq + i * 0x20000) & 0xFFFFFFFF
         # IPv4 Identification has 16 bits, the IPv6 flow label 20
         mask = 0xFFFF if flow.family is Family.IPV4 else 0xFFFFF
-        out.append(Stamp(iptag=(tag + i) & mask, seq=s, ack=s ^ 0x80000000,
-                         vtag=((vtag + i) % 0xFFFFFFFF) + 1))
+        out.append(
+            Stamp(
+                iptag=(tag + i) & mask,
+                seq=s,
+                ack=s ^ 0x80000000,
+                vtag=((vtag + i) % 0xFFFFFFFF) + 1,
+            )
+        )
     return out
 
 
-def _validate(net: Net, flows: Sequence[Flow], mode: str, bound: float,
-              allow_ftpdata: bool = False) -> None:
+def _validate(
+    net: Net, flows: Sequence[Flow], mode: str, bound: float, allow_ftpdata: bool = False
+) -> None:
     if mode not in ("ordered", "batch"):
         raise TrafficError(f"mode {mode!r} is unknown; use 'ordered' or 'batch'")
     if not bound > 0:
@@ -312,13 +335,17 @@ def _validate(net: Net, flows: Sequence[Flow], mode: str, bound: float,
     for flow in flows:
         check_flow(flow, allow_ftpdata=allow_ftpdata)
         if flow.family not in families:
-            raise TrafficError(f"{flow}: the topology has no {flow.family.label}; "
-                               f"build it with families including {flow.family.name}")
+            raise TrafficError(
+                f"{flow}: the topology has no {flow.family.label}; "
+                f"build it with families including {flow.family.name}"
+            )
         if mode == "batch":
             key = (int(flow.proto), flow.saddr, flow.sport)
             if key in seen:
-                raise TrafficError(f"{flow}: a batch needs unique (proto, saddr, sport); "
-                                   "send follow-ups of one connection in ordered mode")
+                raise TrafficError(
+                    f"{flow}: a batch needs unique (proto, saddr, sport); "
+                    "send follow-ups of one connection in ordered mode"
+                )
             seen.add(key)
 
 
@@ -354,8 +381,11 @@ class Session:
         caused the answer is queued there already)."""
         client_ready = ready is None or self.client.fileno() in ready
         answers = self.client.drain() if client_ready else []
-        copies = [(cap.where, cap.drain()) for cap in self.rs
-                  if client_ready or (ready is not None and cap.fileno() in ready)]
+        copies = [
+            (cap.where, cap.drain())
+            for cap in self.rs
+            if client_ready or (ready is not None and cap.fileno() in ready)
+        ]
         now = time.monotonic()
         for where, frames in copies:
             assert where is not None
@@ -383,8 +413,9 @@ class Session:
         if wait:
             self._stack.close()
             return
-        threading.Thread(target=self._stack.close, name="lvsconf-traffic-close",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._stack.close, name="lvsconf-traffic-close", daemon=True
+        ).start()
 
     def __enter__(self) -> Session:
         return self
@@ -393,8 +424,16 @@ class Session:
         self.close()
 
 
-def run_report(net: Net, flows: Iterable[Flow], mode: Mode = "ordered", bound: float | None = None,
-               *, settle: float = 0.0, quiet: bool = True, allow_ftpdata: bool = False) -> Report:
+def run_report(
+    net: Net,
+    flows: Iterable[Flow],
+    mode: Mode = "ordered",
+    bound: float | None = None,
+    *,
+    settle: float = 0.0,
+    quiet: bool = True,
+    allow_ftpdata: bool = False,
+) -> Report:
     """Send ``flows`` into ``net`` and report what happened to each (see the module docstring).
 
     ``bound``: seconds to wait for a sign of a flow before calling it dropped (default
@@ -439,14 +478,32 @@ def run_report(net: Net, flows: Iterable[Flow], mode: Mode = "ordered", bound: f
     return Report(tracker.results(), tracker.stray, time.monotonic() - started)
 
 
-def run(net: Net, flows: Iterable[Flow], mode: Mode = "ordered", bound: float | None = None,
-        *, settle: float = 0.0, quiet: bool = True, allow_ftpdata: bool = False
-        ) -> list[FlowResult]:
+def run(
+    net: Net,
+    flows: Iterable[Flow],
+    mode: Mode = "ordered",
+    bound: float | None = None,
+    *,
+    settle: float = 0.0,
+    quiet: bool = True,
+    allow_ftpdata: bool = False,
+) -> list[FlowResult]:
     """Send ``flows`` and return one :class:`FlowResult` per flow, in order (``allow_ftpdata``:
     see :func:`run_report`)."""
-    return run_report(net, flows, mode, bound, settle=settle, quiet=quiet,
-                      allow_ftpdata=allow_ftpdata).results
+    return run_report(
+        net, flows, mode, bound, settle=settle, quiet=quiet, allow_ftpdata=allow_ftpdata
+    ).results
 
 
-__all__ = ["FlowResult", "Report", "Mode", "run", "run_report", "slowdown", "quiet_endpoints",
-           "unquiet_endpoints", "TrafficError", "Session"]
+__all__ = [
+    "FlowResult",
+    "Report",
+    "Mode",
+    "run",
+    "run_report",
+    "slowdown",
+    "quiet_endpoints",
+    "unquiet_endpoints",
+    "TrafficError",
+    "Session",
+]

@@ -48,7 +48,12 @@ IPPROTO_ICMPV6: Final = 58
 DEFAULT_DATA: Final = b"lvsconf\n"
 
 _TCP_KINDS: Final[dict[str, str]] = {
-    "syn": "S", "synack": "SA", "ack": "A", "fin": "FA", "rst": "R", "data": "PA",
+    "syn": "S",
+    "synack": "SA",
+    "ack": "A",
+    "fin": "FA",
+    "rst": "R",
+    "data": "PA",
 }
 _KINDS_BY_PROTO: Final[dict[Proto, frozenset[str]]] = {
     Proto.TCP: frozenset(_TCP_KINDS),
@@ -99,7 +104,8 @@ def check_flow(flow: Flow, *, allow_ftpdata: bool = False) -> None:
     if flow.proto not in _KINDS_BY_PROTO:
         raise TrafficError(
             f"{flow}: protocol {flow.proto.name} cannot be sent; use TCP, UDP, SCTP, or "
-            "ICMP/ICMPV6 echo")
+            "ICMP/ICMPV6 echo"
+        )
     if flow.saddr.version != flow.daddr.version:
         raise TrafficError(f"{flow}: source and destination families differ; use one family")
     if flow.proto in (Proto.ICMP, Proto.ICMPV6):
@@ -107,19 +113,20 @@ def check_flow(flow: Flow, *, allow_ftpdata: bool = False) -> None:
         if flow.proto is not want:
             raise TrafficError(
                 f"{flow}: {flow.proto.name} is not the {flow.family.label} echo protocol; "
-                f"use Proto.{want.name}")
+                f"use Proto.{want.name}"
+            )
         if flow.dport != 0:
             raise TrafficError(
                 f"{flow}: an ICMP echo has no destination port; use dport=0 (sport is the "
-                "echo identifier)")
+                "echo identifier)"
+            )
     pool = CLIENT_POOL[flow.family]
     if flow.saddr not in pool:
         raise TrafficError(
             f"{flow}: source {flow.saddr} is outside the client pool {pool}; "
             "pick one with harness.addresses.cip()"
         )
-    if flow.sport == 20 and not allow_ftpdata and flow.proto in (Proto.TCP, Proto.UDP,
-                                                                   Proto.SCTP):
+    if flow.sport == 20 and not allow_ftpdata and flow.proto in (Proto.TCP, Proto.UDP, Proto.SCTP):
         raise TrafficError(
             f"{flow}: source port 20 is never scheduled by IPVS (FTP data, ipvs-semantics §1.5); "
             "pick another source port (a case about that rule passes allow_ftpdata=True)"
@@ -129,7 +136,8 @@ def check_flow(flow: Flow, *, allow_ftpdata: bool = False) -> None:
     if flow.packet_kind not in _KINDS_BY_PROTO[flow.proto]:
         allowed = ", ".join(sorted(_KINDS_BY_PROTO[flow.proto]))
         raise TrafficError(
-            f"{flow}: kind {flow.packet_kind!r} is not a {flow.proto.name} packet; use {allowed}")
+            f"{flow}: kind {flow.packet_kind!r} is not a {flow.proto.name} packet; use {allowed}"
+        )
 
 
 def build_ip_scapy(flow: Flow, stamp: Stamp, *, allow_ftpdata: bool = False) -> bytes:
@@ -146,14 +154,22 @@ def build_ip_scapy(flow: Flow, stamp: Stamp, *, allow_ftpdata: bool = False) -> 
     l4: Packet
     if flow.proto is Proto.ICMP:
         l4 = ICMP(type=ICMP_ECHO_REQUEST, id=flow.sport, seq=echo_seq(stamp)) / Raw(
-            flow.payload or DEFAULT_DATA)
+            flow.payload or DEFAULT_DATA
+        )
     elif flow.proto is Proto.ICMPV6:
-        l4 = ICMPv6EchoRequest(id=flow.sport, seq=echo_seq(stamp),
-                               data=flow.payload or DEFAULT_DATA)
+        l4 = ICMPv6EchoRequest(
+            id=flow.sport, seq=echo_seq(stamp), data=flow.payload or DEFAULT_DATA
+        )
     elif flow.proto is Proto.TCP:
         flags = _TCP_KINDS[kind]
-        l4 = TCP(sport=flow.sport, dport=flow.dport, flags=flags, seq=stamp.seq,
-                 ack=stamp.ack if "A" in flags else 0, window=65535)
+        l4 = TCP(
+            sport=flow.sport,
+            dport=flow.dport,
+            flags=flags,
+            seq=stamp.seq,
+            ack=stamp.ack if "A" in flags else 0,
+            window=65535,
+        )
         if kind == "data" or flow.payload:
             l4 = l4 / Raw(flow.payload or DEFAULT_DATA)
     elif flow.proto is Proto.UDP:
@@ -162,13 +178,18 @@ def build_ip_scapy(flow: Flow, stamp: Stamp, *, allow_ftpdata: bool = False) -> 
         if kind == "init":
             # A valid INIT (RFC 9260 3.3.2): verification tag 0, nonzero streams and a_rwnd.
             l4 = SCTP(sport=flow.sport, dport=flow.dport, tag=0) / SCTPChunkInit(
-                init_tag=stamp.vtag, a_rwnd=65536, n_out_streams=1, n_in_streams=1,
-                init_tsn=stamp.vtag)
+                init_tag=stamp.vtag,
+                a_rwnd=65536,
+                n_out_streams=1,
+                n_in_streams=1,
+                init_tsn=stamp.vtag,
+            )
         elif kind == "abort":
             l4 = SCTP(sport=flow.sport, dport=flow.dport, tag=stamp.vtag) / SCTPChunkAbort()
         else:
             l4 = SCTP(sport=flow.sport, dport=flow.dport, tag=stamp.vtag) / SCTPChunkData(
-                tsn=stamp.vtag, data=flow.payload or DEFAULT_DATA)
+                tsn=stamp.vtag, data=flow.payload or DEFAULT_DATA
+            )
     ip: Packet
     if flow.family is Family.IPV4:
         ip = IP(src=str(flow.saddr), dst=str(flow.daddr), id=stamp.iptag, ttl=64)
@@ -186,8 +207,9 @@ _pack_sctp = struct.Struct("!HHII").pack
 _pack_echo = struct.Struct("!BBHHH").pack
 
 
-def _payload_checksum(family: Family, saddr: bytes, daddr: bytes, proto: int,
-                      segment: bytes) -> int:
+def _payload_checksum(
+    family: Family, saddr: bytes, daddr: bytes, proto: int, segment: bytes
+) -> int:
     """TCP/UDP checksum with the pseudo-header (RFC 9293 3.1, RFC 8200 8.1), by scapy."""
     from scapy.utils import checksum
 
@@ -198,8 +220,9 @@ def _payload_checksum(family: Family, saddr: bytes, daddr: bytes, proto: int,
     return checksum(pseudo + segment)
 
 
-def build_ip(flow: Flow, stamp: Stamp, *, checked: bool = False,
-             allow_ftpdata: bool = False) -> bytes:
+def build_ip(
+    flow: Flow, stamp: Stamp, *, checked: bool = False, allow_ftpdata: bool = False
+) -> bytes:
     """The IP packet for ``flow``: the same bytes as :func:`build_ip_scapy` (same fields, same
     defaults; checksums by scapy's own checksum functions) at a fraction of the cost.
 
@@ -218,8 +241,12 @@ def build_ip(flow: Flow, stamp: Stamp, *, checked: bool = False,
     if flow.proto is Proto.ICMP or flow.proto is Proto.ICMPV6:
         v4 = flow.proto is Proto.ICMP
         data = flow.payload or DEFAULT_DATA
-        msg = _pack_echo(ICMP_ECHO_REQUEST if v4 else ICMPV6_ECHO_REQUEST, 0, 0, flow.sport,
-                         echo_seq(stamp)) + data
+        msg = (
+            _pack_echo(
+                ICMP_ECHO_REQUEST if v4 else ICMPV6_ECHO_REQUEST, 0, 0, flow.sport, echo_seq(stamp)
+            )
+            + data
+        )
         # ICMP sums the message alone (RFC 792), ICMPv6 adds the pseudo-header (RFC 4443 2.3)
         ck = checksum(msg) if v4 else _payload_checksum(flow.family, saddr, daddr, proto, msg)
         l4 = msg[:2] + struct.pack("!H", ck) + msg[4:]
@@ -274,15 +301,26 @@ def ethernet_header(family: Family, src_mac: bytes, dst_mac: bytes) -> bytes:
     return dst_mac + src_mac + struct.pack("!H", ethertype)
 
 
-def build_frame(flow: Flow, stamp: Stamp, src_mac: bytes, dst_mac: bytes, *,
-                checked: bool = False, allow_ftpdata: bool = False) -> bytes:
+def build_frame(
+    flow: Flow,
+    stamp: Stamp,
+    src_mac: bytes,
+    dst_mac: bytes,
+    *,
+    checked: bool = False,
+    allow_ftpdata: bool = False,
+) -> bytes:
     """The Ethernet frame for ``flow``, ready for an AF_PACKET send."""
     return ethernet_header(flow.family, src_mac, dst_mac) + build_ip(
-        flow, stamp, checked=checked, allow_ftpdata=allow_ftpdata)
+        flow, stamp, checked=checked, allow_ftpdata=allow_ftpdata
+    )
 
 
-def encapsulate(inner: bytes, outer_src: ipaddress.IPv4Address | ipaddress.IPv6Address,
-                outer_dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+def encapsulate(
+    inner: bytes,
+    outer_src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    outer_dst: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> bytes:
     """``inner`` (an IP packet) inside IPIP / IPv6-in-IPv6 / IPv4-in-IPv6, as IPVS TUN sends it."""
     from scapy.layers.inet import IP
     from scapy.layers.inet6 import IPv6
@@ -334,8 +372,10 @@ class Seen(NamedTuple):
             return str(ipaddress.ip_address(b))
 
         tun = " (tunnelled)" if self.encapsulated else ""
-        return (f"proto {self.proto} {addr(self.saddr)}:{self.sport} -> "
-                f"{addr(self.daddr)}:{self.dport} {self.kind}{tun}")
+        return (
+            f"proto {self.proto} {addr(self.saddr)}:{self.sport} -> "
+            f"{addr(self.daddr)}:{self.dport} {self.kind}{tun}"
+        )
 
 
 _new_seen = tuple.__new__
@@ -375,7 +415,8 @@ def _l4(buf: bytes, proto: int, off: int, end: int) -> tuple[int, int, str] | No
         chunk = buf[off + 12]
         return sport, dport, {1: "init", 6: "abort", 0: "data"}.get(chunk, f"sctp{chunk}")
     if (proto == IPPROTO_ICMP and buf[off] == ICMP_ECHO_REQUEST) or (
-            proto == IPPROTO_ICMPV6 and buf[off] == ICMPV6_ECHO_REQUEST):
+        proto == IPPROTO_ICMPV6 and buf[off] == ICMPV6_ECHO_REQUEST
+    ):
         # an echo request: (identifier, no port); other ICMP (errors, ND, MLD) is not ours
         return _unpack_h(buf, off + 4)[0], 0, "echo"
     return None
@@ -398,9 +439,19 @@ def parse_ip(buf: bytes, off: int = 0, encapsulated: bool = False) -> Seen | Non
         ports = _l4(buf, proto, off + ihl, end)
         if ports is None:
             return None
-        return _new_seen(Seen, (proto, buf[off + 12:off + 16], ports[0], ports[2],
-                                _unpack_h(buf, off + 4)[0], buf[off + 16:off + 20], ports[1],
-                                encapsulated))
+        return _new_seen(
+            Seen,
+            (
+                proto,
+                buf[off + 12 : off + 16],
+                ports[0],
+                ports[2],
+                _unpack_h(buf, off + 4)[0],
+                buf[off + 16 : off + 20],
+                ports[1],
+                encapsulated,
+            ),
+        )
     if version == 6:
         if len(buf) - off < 40:
             return None
@@ -411,9 +462,19 @@ def parse_ip(buf: bytes, off: int = 0, encapsulated: bool = False) -> Seen | Non
         ports = _l4(buf, proto, off + 40, end)
         if ports is None:
             return None
-        return _new_seen(Seen, (proto, buf[off + 8:off + 24], ports[0], ports[2],
-                                _unpack_i(buf, off)[0] & 0xFFFFF, buf[off + 24:off + 40],
-                                ports[1], encapsulated))
+        return _new_seen(
+            Seen,
+            (
+                proto,
+                buf[off + 8 : off + 24],
+                ports[0],
+                ports[2],
+                _unpack_i(buf, off)[0] & 0xFFFFF,
+                buf[off + 24 : off + 40],
+                ports[1],
+                encapsulated,
+            ),
+        )
     return None
 
 
@@ -438,18 +499,23 @@ def parse_frame(frame: bytes) -> Seen | None:
             if proto == 17:
                 return _new_seen(Seen, (17, saddr, sport, "udp", ident, daddr, dport, False))
             if proto == 6 and n >= 54:
-                kinds = _TCP_DATA_KIND_BY_FLAGS if total > 20 + (frame[46] >> 4) * 4 else (
-                    _TCP_KIND_BY_FLAGS)
-                return _new_seen(Seen, (6, saddr, sport, kinds[frame[47]], ident, daddr, dport,
-                                        False))
+                kinds = (
+                    _TCP_DATA_KIND_BY_FLAGS
+                    if total > 20 + (frame[46] >> 4) * 4
+                    else (_TCP_KIND_BY_FLAGS)
+                )
+                return _new_seen(
+                    Seen, (6, saddr, sport, kinds[frame[47]], ident, daddr, dport, False)
+                )
     elif n >= 62 and frame[12:14] == b"\x86\xdd":
         _et, vtcfl, plen, proto, saddr, daddr, sport, dport = _unpack_eth_ip6(frame)
         if proto == 17:
             return _new_seen(Seen, (17, saddr, sport, "udp", vtcfl & 0xFFFFF, daddr, dport, False))
         if proto == 6 and n >= 74:
             kinds = _TCP_DATA_KIND_BY_FLAGS if plen > (frame[66] >> 4) * 4 else _TCP_KIND_BY_FLAGS
-            return _new_seen(Seen, (6, saddr, sport, kinds[frame[67]], vtcfl & 0xFFFFF, daddr,
-                                    dport, False))
+            return _new_seen(
+                Seen, (6, saddr, sport, kinds[frame[67]], vtcfl & 0xFFFFF, daddr, dport, False)
+            )
     if n < 34:
         return None
     ethertype = _unpack_h(frame, 12)[0]
@@ -469,13 +535,13 @@ def parse_answer(frame: bytes) -> AnswerKey | None:
     if ethertype == ETH_P_IP:
         ihl = (frame[off] & 0x0F) * 4
         proto = frame[off + 9]
-        daddr = frame[off + 16:off + 20]
+        daddr = frame[off + 16 : off + 20]
         l4 = off + ihl
     elif ethertype == ETH_P_IPV6:
         if len(frame) < 54:
             return None
         proto = frame[off + 6]
-        daddr = frame[off + 24:off + 40]
+        daddr = frame[off + 24 : off + 40]
         l4 = off + 40
     else:
         return None
@@ -491,8 +557,11 @@ def parse_answer(frame: bytes) -> AnswerKey | None:
         if frame[l4 + 12] != 6:
             return None
         return (132, daddr, _unpack_h(frame, l4 + 2)[0], "abort", _unpack_i(frame, l4 + 4)[0])
-    if proto in (IPPROTO_ICMP, IPPROTO_ICMPV6) and len(frame) >= l4 + 8 and (
-            frame[l4] == (ICMP_ECHO_REPLY if proto == IPPROTO_ICMP else ICMPV6_ECHO_REPLY)):
+    if (
+        proto in (IPPROTO_ICMP, IPPROTO_ICMPV6)
+        and len(frame) >= l4 + 8
+        and (frame[l4] == (ICMP_ECHO_REPLY if proto == IPPROTO_ICMP else ICMPV6_ECHO_REPLY))
+    ):
         ident, seq = _unpack_hh(frame, l4 + 4)
         return (proto, daddr, ident, ECHO_REPLY, seq)
     if proto == IPPROTO_ICMP and len(frame) >= l4 + 8 + 28:
@@ -502,14 +571,24 @@ def parse_answer(frame: bytes) -> AnswerKey | None:
         ihl = (frame[inner] & 0x0F) * 4
         if len(frame) < inner + ihl + 4:
             return None
-        return (frame[inner + 9], frame[inner + 12:inner + 16], _unpack_h(frame, inner + ihl)[0],
-                "unreachable", _unpack_h(frame, inner + 4)[0])
+        return (
+            frame[inner + 9],
+            frame[inner + 12 : inner + 16],
+            _unpack_h(frame, inner + ihl)[0],
+            "unreachable",
+            _unpack_h(frame, inner + 4)[0],
+        )
     if proto == IPPROTO_ICMPV6 and len(frame) >= l4 + 8 + 44:
         if frame[l4] != 1 or frame[l4 + 1] != 4:
             return None
         inner = l4 + 8
-        return (frame[inner + 6], frame[inner + 8:inner + 24], _unpack_h(frame, inner + 40)[0],
-                "unreachable", _unpack_i(frame, inner)[0] & 0xFFFFF)
+        return (
+            frame[inner + 6],
+            frame[inner + 8 : inner + 24],
+            _unpack_h(frame, inner + 40)[0],
+            "unreachable",
+            _unpack_i(frame, inner)[0] & 0xFFFFF,
+        )
     return None
 
 
@@ -541,4 +620,3 @@ def answer_keys(flow: Flow, stamp: Stamp) -> tuple[tuple[AnswerKey, AnswerOutcom
     elif flow.proto is Proto.SCTP and kind != "abort":
         keys.append(((132, saddr, flow.sport, "abort", stamp.vtag), "local"))
     return tuple(keys)
-

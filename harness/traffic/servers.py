@@ -84,8 +84,7 @@ class NameServers:
         self._wake = socket.socketpair()
         self._owned.extend(self._wake)
         self._sel.register(self._wake[0], selectors.EVENT_READ, ("wake", -1, b""))
-        self._thread = threading.Thread(target=self._loop, name="lvsconf-name-servers",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="lvsconf-name-servers", daemon=True)
         self._thread.start()
 
     def _listener(self, s: socket.socket, af: int, port: int, rs: int) -> socket.socket:
@@ -96,8 +95,10 @@ class NameServers:
         try:
             s.bind(("::" if af == socket.AF_INET6 else "0.0.0.0", port))
         except OSError as exc:
-            raise TrafficError(f"rs{rs + 1}: cannot listen on port {port}: {exc.strerror}; "
-                               "is another server running there?") from exc
+            raise TrafficError(
+                f"rs{rs + 1}: cannot listen on port {port}: {exc.strerror}; "
+                "is another server running there?"
+            ) from exc
         s.setblocking(False)
         return s
 
@@ -176,8 +177,9 @@ class NameServers:
 
 
 @contextlib.contextmanager
-def serve(net: Net, tcp_ports: Sequence[int] = (80,), udp_ports: Sequence[int] = ()
-          ) -> Iterator[NameServers]:
+def serve(
+    net: Net, tcp_ports: Sequence[int] = (80,), udp_ports: Sequence[int] = ()
+) -> Iterator[NameServers]:
     """Run name servers on every real server (all families of the topology); stop on exit."""
     servers = NameServers(net, tuple(tcp_ports), tuple(udp_ports))
     try:
@@ -187,16 +189,19 @@ def serve(net: Net, tcp_ports: Sequence[int] = (80,), udp_ports: Sequence[int] =
         servers.stop()
 
 
-def _client_socket(net: Net, daddr: IPAddress, kind: int, saddr: IPAddress | None, sport: int
-                   ) -> socket.socket:
+def _client_socket(
+    net: Net, daddr: IPAddress, kind: int, saddr: IPAddress | None, sport: int
+) -> socket.socket:
     fam = Family.of(daddr)
     af = socket.AF_INET if fam is Family.IPV4 else socket.AF_INET6
     src = saddr if saddr is not None else cip(fam, 15, 1)
     if Family.of(src) is not fam:
         raise TrafficError(f"source {src} and destination {daddr} differ in family; use one family")
     if sport == 20:
-        raise TrafficError("source port 20 is never scheduled by IPVS (ipvs-semantics §1.5); "
-                           "pick another source port")
+        raise TrafficError(
+            "source port 20 is never scheduled by IPVS (ipvs-semantics §1.5); "
+            "pick another source port"
+        )
     s = net.client.socket(af, kind)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -220,8 +225,9 @@ def _read_line(s: socket.socket, deadline: float) -> bytes:
     return data
 
 
-def fetch_name(net: Net, daddr: IPAddress, dport: int, saddr: IPAddress | None = None,
-               sport: int = 0) -> str:
+def fetch_name(
+    net: Net, daddr: IPAddress, dport: int, saddr: IPAddress | None = None, sport: int = 0
+) -> str:
     """Connect from the client (``saddr``:``sport``, default a pool address of client network
     15 and any port) to ``daddr``:``dport``, return the name the server sends, close first."""
     s = _client_socket(net, daddr, socket.SOCK_STREAM, saddr, sport)
@@ -231,14 +237,17 @@ def fetch_name(net: Net, daddr: IPAddress, dport: int, saddr: IPAddress | None =
             s.connect((str(daddr), dport))
             data = _read_line(s, time.monotonic() + timeout)
         except (TimeoutError, ConnectionError) as exc:
-            raise TrafficError(f"tcp {daddr}:{dport}: no answer ({exc.__class__.__name__}); "
-                               "is a server listening and the path balanced?") from exc
+            raise TrafficError(
+                f"tcp {daddr}:{dport}: no answer ({exc.__class__.__name__}); "
+                "is a server listening and the path balanced?"
+            ) from exc
         s.shutdown(socket.SHUT_WR)  # the client's FIN first
     return data.decode().strip()
 
 
-def ask_name_udp(net: Net, daddr: IPAddress, dport: int, saddr: IPAddress | None = None,
-                 sport: int = 0) -> str:
+def ask_name_udp(
+    net: Net, daddr: IPAddress, dport: int, saddr: IPAddress | None = None, sport: int = 0
+) -> str:
     """Send one datagram from the client to ``daddr``:``dport``; return the name that answers."""
     s = _client_socket(net, daddr, socket.SOCK_DGRAM, saddr, sport)
     with s:
@@ -247,6 +256,7 @@ def ask_name_udp(net: Net, daddr: IPAddress, dport: int, saddr: IPAddress | None
         try:
             data = s.recv(64)
         except TimeoutError as exc:
-            raise TrafficError(f"udp {daddr}:{dport}: no answer within "
-                               f"{ANSWER_TIMEOUT * slowdown():.1f}s") from exc
+            raise TrafficError(
+                f"udp {daddr}:{dport}: no answer within {ANSWER_TIMEOUT * slowdown():.1f}s"
+            ) from exc
     return data.decode().strip()

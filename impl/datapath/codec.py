@@ -24,11 +24,25 @@ class CodecError(ValueError):
 _CLASSES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
-        _types.ServiceKey, _types.Service, _types.Dest, _types.FwmarkRule, _types.Flow,
-        _types.Decision, _types.Template, _types.Connection, _types.Sysctls,
-        _types.ProtoTimeouts, _scenario.Scenario, _scenario.ServiceConfig, _scenario.Send,
-        _scenario.Advance, _scenario.AddDest, _scenario.EditDest, _scenario.DelDest,
-        _scenario.EditService, _scenario.SetSysctl,
+        _types.ServiceKey,
+        _types.Service,
+        _types.Dest,
+        _types.FwmarkRule,
+        _types.Flow,
+        _types.Decision,
+        _types.Template,
+        _types.Connection,
+        _types.Sysctls,
+        _types.ProtoTimeouts,
+        _scenario.Scenario,
+        _scenario.ServiceConfig,
+        _scenario.Send,
+        _scenario.Advance,
+        _scenario.AddDest,
+        _scenario.EditDest,
+        _scenario.DelDest,
+        _scenario.EditService,
+        _scenario.SetSysctl,
     )
 }
 _ENUMS: dict[str, type[enum.Enum]] = {

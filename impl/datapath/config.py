@@ -83,8 +83,9 @@ class DatapathConfig:
 
         try:
             values = {k: from_jsonable(v) for k, v in raw.items() if k != "rs_macs"}
-            values["rs_macs"] = {ipaddress.ip_address(k): v
-                                 for k, v in raw.get("rs_macs", {}).items()}
+            values["rs_macs"] = {
+                ipaddress.ip_address(k): v for k, v in raw.get("rs_macs", {}).items()
+            }
             config = cls(**values)
         except (CodecError, TypeError, ValueError) as exc:
             raise ConfigError(f"datapath config {path}: {exc}") from None
@@ -93,6 +94,8 @@ class DatapathConfig:
         for name in ("client_if", "bridge", "tun_name"):
             value = getattr(config, name)
             if not isinstance(value, str) or not 0 < len(value) <= 15:
-                raise ConfigError(f"datapath config {path}: {name}={value!r} is not an "
-                                  "interface name (1..15 characters)")
+                raise ConfigError(
+                    f"datapath config {path}: {name}={value!r} is not an "
+                    "interface name (1..15 characters)"
+                )
         return config

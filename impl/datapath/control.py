@@ -32,8 +32,9 @@ class ControlError(RuntimeError):
 class ControlServer:
     """Accepts connections on ``path`` and answers requests with ``handlers[op](args)``."""
 
-    def __init__(self, path: Path, selector: selectors.BaseSelector,
-                 handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self, path: Path, selector: selectors.BaseSelector, handlers: dict[str, Handler]
+    ) -> None:
         self.path = path
         self.selector = selector
         self.handlers = handlers
@@ -122,8 +123,10 @@ class ControlClient:
                 sock.connect(str(self.path))
             except OSError as exc:
                 sock.close()
-                raise ControlError(f"datapath control socket {self.path} unreachable: "
-                                   f"{exc.strerror or exc} (is the process running?)") from None
+                raise ControlError(
+                    f"datapath control socket {self.path} unreachable: "
+                    f"{exc.strerror or exc} (is the process running?)"
+                ) from None
             self._sock = sock
         return self._sock
 

@@ -55,9 +55,15 @@ class Wire(Protocol):
 class Engine:
     """Decides and forwards one packet at a time; counts what it did in :attr:`stats`."""
 
-    def __init__(self, model: Model, scenario: Scenario, wire: Wire,
-                 targets: list[IPNetwork], clock: Callable[[], float],
-                 servers: list[IPNetwork] | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        scenario: Scenario,
+        wire: Wire,
+        targets: list[IPNetwork],
+        clock: Callable[[], float],
+        servers: list[IPNetwork] | None = None,
+    ) -> None:
         self.model = model
         self.scenario = scenario
         self.wire = wire
@@ -149,8 +155,9 @@ class Engine:
                 self.wire.tunnel(pkt.data, verdict.dest)
                 return "tun"
             if fwd is Fwd.NAT:
-                rewrite_dst(pkt, verdict.dest,
-                            verdict.dport if verdict.dport is not None else pkt.dport)
+                rewrite_dst(
+                    pkt, verdict.dest, verdict.dport if verdict.dport is not None else pkt.dport
+                )
                 self.wire.routed(pkt.data, verdict.dest)
                 return "nat"
             self.wire.local(pkt.data)  # Fwd.LOCAL: the dest is the director itself
@@ -175,8 +182,9 @@ class Engine:
             return "routed"
         verdict = self.model.reply(flow_of(pkt, self.addr), self.clock())
         if verdict.kind == "forward" and verdict.dest is not None:
-            rewrite_src(pkt, verdict.dest,
-                        verdict.dport if verdict.dport is not None else pkt.sport)
+            rewrite_src(
+                pkt, verdict.dest, verdict.dport if verdict.dport is not None else pkt.sport
+            )
             self.wire.routed(pkt.data, dst)
             return "snat"
         if verdict.kind == "drop":

@@ -76,8 +76,9 @@ class Senders:
             self.frames.bind((segment_if, 0))
         except OSError as exc:
             self.close()
-            raise ForwardError(exc.errno,
-                               f"cannot send frames on {segment_if}: {exc.strerror}") from None
+            raise ForwardError(
+                exc.errno, f"cannot send frames on {segment_if}: {exc.strerror}"
+            ) from None
         self.segment_if = segment_if
         self.segment_mtu = interface_mtu(segment_if)
         self.src_mac = interface_mac(segment_if)
@@ -113,6 +114,8 @@ class Senders:
     def direct(self, data: bytes | bytearray, rip: IPAddress, version: int) -> None:
         mac = self.rs_macs.get(rip)
         if mac is None:
-            raise ForwardError(f"no MAC known for DR real server {rip} on {self.segment_if}: "
-                               "add it to the config's rs_macs")
+            raise ForwardError(
+                f"no MAC known for DR real server {rip} on {self.segment_if}: "
+                "add it to the config's rs_macs"
+            )
         self.frames.send(mac + self.src_mac + _ETH_P[version] + bytes(data))

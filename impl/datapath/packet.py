@@ -72,7 +72,7 @@ class Packet:
         """The transport payload (UDP only; what the SIP persistence engine reads)."""
         if self.proto != UDP or self.l4 < 0:
             return b""
-        return bytes(self.data[self.l4 + 8:])
+        return bytes(self.data[self.l4 + 8 :])
 
 
 def parse(data: bytes | bytearray) -> Packet:
@@ -90,9 +90,15 @@ def parse(data: bytes | bytearray) -> Packet:
         proto = buf[9]
         frag = struct.unpack_from("!H", buf, 6)[0]
         offset, more = frag & 0x1FFF, bool(frag & 0x2000)
-        pkt = Packet(buf, Family.IPV4, proto, -1 if offset else ihl,
-                     fragmented=bool(offset or more),
-                     src=bytes(buf[12:16]), dst=bytes(buf[16:20]))
+        pkt = Packet(
+            buf,
+            Family.IPV4,
+            proto,
+            -1 if offset else ihl,
+            fragmented=bool(offset or more),
+            src=bytes(buf[12:16]),
+            dst=bytes(buf[16:20]),
+        )
     elif version == 6:
         if len(buf) < 40:
             raise PacketError(f"IPv6 packet shorter than its header ({len(buf)} bytes)")
@@ -111,8 +117,15 @@ def parse(data: bytes | bytearray) -> Packet:
                 nh, off = buf[off], off + 8
             else:
                 break
-        pkt = Packet(buf, Family.IPV6, nh, off if first else -1, fragmented=fragmented,
-                     src=bytes(buf[8:24]), dst=bytes(buf[24:40]))
+        pkt = Packet(
+            buf,
+            Family.IPV6,
+            nh,
+            off if first else -1,
+            fragmented=fragmented,
+            src=bytes(buf[8:24]),
+            dst=bytes(buf[24:40]),
+        )
     else:
         raise PacketError(f"not an IP packet (version {version})")
     _parse_transport(pkt)
@@ -167,8 +180,16 @@ def flow_of(pkt: Packet, addr: AddressCache, payload: bool = True) -> Flow:
     ``payload``: carry the UDP payload (only a persistence engine such as SIP reads it)."""
     if not pkt.schedulable:
         raise PacketError(f"protocol {pkt.proto} packet without a transport header has no flow")
-    return Flow(_SCHEDULABLE[pkt.proto], addr(pkt.src), pkt.sport, addr(pkt.dst), pkt.dport,
-                pkt.kind, 0, pkt.payload() if payload else b"")
+    return Flow(
+        _SCHEDULABLE[pkt.proto],
+        addr(pkt.src),
+        pkt.sport,
+        addr(pkt.dst),
+        pkt.dport,
+        pkt.kind,
+        0,
+        pkt.payload() if payload else b"",
+    )
 
 
 def _rewrite(pkt: Packet, dst: bool, addr: IPAddress, port: int) -> None:
@@ -179,21 +200,22 @@ def _rewrite(pkt: Packet, dst: bool, addr: IPAddress, port: int) -> None:
         raise PacketError(f"cannot put {addr} into an {pkt.family.label} header")
     aoff = pkt._dst_off if dst else pkt._src_off
     old_addr = pkt.dst if dst else pkt.src
-    buf[aoff:aoff + len(raw)] = raw
+    buf[aoff : aoff + len(raw)] = raw
     if dst:
         pkt.dst = raw
     else:
         pkt.src = raw
     if v4:  # header checksum covers the addresses: patch it like the L4 one
-        struct.pack_into("!H", buf, 10,
-                         csum_replace(struct.unpack_from("!H", buf, 10)[0], old_addr, raw))
+        struct.pack_into(
+            "!H", buf, 10, csum_replace(struct.unpack_from("!H", buf, 10)[0], old_addr, raw)
+        )
     o = pkt.l4
     if o < 0 or pkt.kind is None:
         return  # non-first fragment: only the address changes (no transport header here)
     poff = o + (2 if dst else 0)
-    old_port = bytes(buf[poff:poff + 2])
+    old_port = bytes(buf[poff : poff + 2])
     new_port = port.to_bytes(2, "big")
-    buf[poff:poff + 2] = new_port
+    buf[poff : poff + 2] = new_port
     if dst:
         pkt.dport = port
     else:
@@ -201,7 +223,7 @@ def _rewrite(pkt: Packet, dst: bool, addr: IPAddress, port: int) -> None:
     if pkt.proto == SCTP:
         # CRC32c has no incremental form: recompute it over the whole SCTP packet
         # (as sctp_dnat_handler does)
-        buf[o + 8:o + 12] = b"\0\0\0\0"
+        buf[o + 8 : o + 12] = b"\0\0\0\0"
         struct.pack_into("<I", buf, o + 8, crc32c(buf[o:]))
         return
     coff = o + (16 if pkt.proto == TCP else 6)
@@ -236,8 +258,12 @@ def undo_forward_hop(pkt: Packet) -> None:
         if buf[8] < 255:
             old = bytes(buf[8:10])
             buf[8] += 1
-            struct.pack_into("!H", buf, 10, csum_replace(struct.unpack_from("!H", buf, 10)[0],
-                                                         old, bytes(buf[8:10])))
+            struct.pack_into(
+                "!H",
+                buf,
+                10,
+                csum_replace(struct.unpack_from("!H", buf, 10)[0], old, bytes(buf[8:10])),
+            )
     elif buf[7] < 255:
         buf[7] += 1
 
@@ -264,15 +290,16 @@ def icmp_too_big(pkt: Packet, mtu: int) -> bytes:
 def _icmp_error(pkt: Packet, icmp_type: int, code: int, info: int) -> bytes:
     src, dst = pkt.dst, pkt.src  # the answer comes from the VIP
     if pkt.family is Family.IPV4:
-        quoted = bytes(pkt.data[:ICMP4_LIMIT - 20 - 8])
+        quoted = bytes(pkt.data[: ICMP4_LIMIT - 20 - 8])
         icmp = bytearray(struct.pack("!BBHI", icmp_type, code, 0, info) + quoted)
         struct.pack_into("!H", icmp, 2, inet_checksum(icmp))
         tos = (pkt.data[1] & 0x1E) | 0xC0  # IPTOS_TOS_MASK | IPTOS_PREC_INTERNETCONTROL
-        hdr = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(icmp), 0, 0, 64, ICMP,
-                                    0, src, dst))
+        hdr = bytearray(
+            struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(icmp), 0, 0, 64, ICMP, 0, src, dst)
+        )
         struct.pack_into("!H", hdr, 10, inet_checksum(hdr))
         return bytes(hdr + icmp)
-    quoted = bytes(pkt.data[:ICMP6_LIMIT - 40 - 8])
+    quoted = bytes(pkt.data[: ICMP6_LIMIT - 40 - 8])
     icmp = bytearray(struct.pack("!BBHI", icmp_type, code, 0, info) + quoted)
     csum = inet_checksum(pseudo_header(src, dst, ICMPV6, len(icmp)) + icmp)
     struct.pack_into("!H", icmp, 2, csum)

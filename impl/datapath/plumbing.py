@@ -70,15 +70,27 @@ def installed(ipr: IPRoute, config: DatapathConfig, tun_index: int) -> Iterator[
         ipr.route("add", dst="0.0.0.0/0", oif=tun_index, table=config.table)
         ipr.route("add", dst="::/0", oif=tun_index, table=config.table, family=socket.AF_INET6)
         for target in config.targets():
-            ipr.rule("add", priority=config.pref, table=config.table, family=_family(target),
-                     iifname=config.client_if, **_net_kwargs("dst", target))
+            ipr.rule(
+                "add",
+                priority=config.pref,
+                table=config.table,
+                family=_family(target),
+                iifname=config.client_if,
+                **_net_kwargs("dst", target),
+            )
         for rs_net in config.rs_nets:
             for client_net in config.client_nets:
                 if rs_net.version != client_net.version:
                     continue
-                ipr.rule("add", priority=config.pref, table=config.table, family=_family(rs_net),
-                         iifname=config.bridge, **_net_kwargs("src", rs_net),
-                         **_net_kwargs("dst", client_net))
+                ipr.rule(
+                    "add",
+                    priority=config.pref,
+                    table=config.table,
+                    family=_family(rs_net),
+                    iifname=config.bridge,
+                    **_net_kwargs("src", rs_net),
+                    **_net_kwargs("dst", client_net),
+                )
         for fam in _FAMILIES:
             # add the new local rule before deleting the old: never a moment without local
             ipr.rule("add", priority=config.local_pref, table=_LOCAL_TABLE, family=fam)
@@ -102,18 +114,26 @@ def remove(ipr: IPRoute, config: DatapathConfig) -> None:
     """Remove everything :func:`installed` adds (idempotent; forgives only "already gone")."""
     for fam in _FAMILIES:
         rules = ipr.get_rules(family=fam)
-        have_local0 = any(r.get("priority") in (None, 0) and r.get("table") == _LOCAL_TABLE
-                          for r in rules)
+        have_local0 = any(
+            r.get("priority") in (None, 0) and r.get("table") == _LOCAL_TABLE for r in rules
+        )
         if not have_local0:
             ipr.rule("add", priority=0, table=_LOCAL_TABLE, family=fam)
         for r in rules:
             prio = r.get("priority")
-            if r.get("table") == config.table or (prio == config.local_pref
-                                                   and r.get("table") == _LOCAL_TABLE):
-                kwargs: dict[str, object] = {"priority": prio, "table": r.get("table"),
-                                             "family": fam}
-                for attr, key in (("FRA_IIFNAME", "iifname"), ("FRA_DST", "dst"),
-                                  ("FRA_SRC", "src")):
+            if r.get("table") == config.table or (
+                prio == config.local_pref and r.get("table") == _LOCAL_TABLE
+            ):
+                kwargs: dict[str, object] = {
+                    "priority": prio,
+                    "table": r.get("table"),
+                    "family": fam,
+                }
+                for attr, key in (
+                    ("FRA_IIFNAME", "iifname"),
+                    ("FRA_DST", "dst"),
+                    ("FRA_SRC", "src"),
+                ):
                     value = r.get_attr(attr)
                     if value is not None:
                         kwargs[key] = value
@@ -143,8 +163,10 @@ def leftovers(ipr: IPRoute, config: DatapathConfig) -> list[str]:
                 found.append(f"rule pref {r.get('priority')} lookup {config.table}")
             if r.get("priority") == config.local_pref and r.get("table") == _LOCAL_TABLE:
                 found.append(f"rule pref {config.local_pref} lookup local")
-        if not any(r.get("priority") in (None, 0) and r.get("table") == _LOCAL_TABLE
-                   for r in ipr.get_rules(family=fam)):
+        if not any(
+            r.get("priority") in (None, 0) and r.get("table") == _LOCAL_TABLE
+            for r in ipr.get_rules(family=fam)
+        ):
             found.append(f"no pref 0 local rule (family {fam})")
     if ipr.link_lookup(ifname=config.tun_name):
         found.append(f"link {config.tun_name}")

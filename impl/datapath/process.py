@@ -47,8 +47,10 @@ def load_model(spec: str, scenario: Scenario, level: KernelLevel) -> Any:
     try:
         factory = getattr(importlib.import_module(module_name), attr or "Director")
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"config field 'model': cannot load {spec!r} ({exc}); "
-                          "use module:attr naming a class with from_scenario()") from None
+        raise ConfigError(
+            f"config field 'model': cannot load {spec!r} ({exc}); "
+            "use module:attr naming a class with from_scenario()"
+        ) from None
     return factory.from_scenario(scenario, level)
 
 
@@ -105,14 +107,22 @@ class Datapath:
             for field_name in ("client_if", "bridge"):
                 ifname = getattr(config, field_name)
                 if not ipr.link_lookup(ifname=ifname):
-                    raise ConfigError(f"config field {field_name!r}: no interface {ifname} in "
-                                      "the director namespace; name the director's link there")
+                    raise ConfigError(
+                        f"config field {field_name!r}: no interface {ifname} in "
+                        "the director namespace; name the director's link there"
+                    )
             _tell_local_addresses(self.model, ipr)
             stack.enter_context(plumbing.installed(ipr, config, index))
             wire = Senders(tun_fd, config.bridge, config.rs_macs)
             stack.callback(wire.close)
-            self.engine = engine = Engine(self.model, config.scenario, wire, config.targets(),
-                                          self.clock, list(config.rs_nets) or None)
+            self.engine = engine = Engine(
+                self.model,
+                config.scenario,
+                wire,
+                config.targets(),
+                self.clock,
+                list(config.rs_nets) or None,
+            )
             selector = selectors.DefaultSelector()
             stack.callback(selector.close)
             server = ControlServer(self.control, selector, self.handlers())
@@ -130,8 +140,13 @@ class Datapath:
                     engine.handle(data)
 
             selector.register(tun_fd, selectors.EVENT_READ, on_tun)
-            ready = {"ready": True, "pid": os.getpid(), "now": self.clock(),
-                     "tun": config.tun_name, "control": str(self.control)}
+            ready = {
+                "ready": True,
+                "pid": os.getpid(),
+                "now": self.clock(),
+                "tun": config.tun_name,
+                "control": str(self.control),
+            }
             print(json.dumps(ready), flush=True)
             while not self.stopping:
                 for key, _ in selector.select(timeout=1.0):
@@ -147,8 +162,9 @@ def _tell_local_addresses(model: Any, ipr: IPRoute) -> None:
     import ipaddress
 
     if hasattr(model, "local_addresses"):
-        model.local_addresses = {ipaddress.ip_address(a.get_attr("IFA_ADDRESS"))
-                                 for a in ipr.get_addr()}
+        model.local_addresses = {
+            ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr()
+        }
 
 
 def _drain_pipe(fd: int) -> None:
@@ -170,11 +186,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m impl.datapath",
-        description="lvsconf reference director: forwards packets for the VIPs with the model")
+        description="lvsconf reference director: forwards packets for the VIPs with the model",
+    )
     parser.add_argument("--config", required=True, type=Path, help="JSON written by the harness")
     parser.add_argument("--control", required=True, type=Path, help="unix socket path to serve")
-    parser.add_argument("--keep-with-parent", action="store_true",
-                        help="do not die with the parent process (manual runs only)")
+    parser.add_argument(
+        "--keep-with-parent",
+        action="store_true",
+        help="do not die with the parent process (manual runs only)",
+    )
     args = parser.parse_args(argv)
     try:
         if not args.keep_with_parent:

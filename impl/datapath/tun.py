@@ -32,8 +32,10 @@ def open_tun(name: str) -> int:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
     except OSError as exc:
         os.close(fd)
-        raise TunError(f"cannot create TUN device {name}: {exc.strerror} "
-                       "(name taken in this namespace, or not root)") from None
+        raise TunError(
+            f"cannot create TUN device {name}: {exc.strerror} "
+            "(name taken in this namespace, or not root)"
+        ) from None
     return fd
 
 

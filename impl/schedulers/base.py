@@ -39,8 +39,15 @@ class DestState:
 
     @classmethod
     def from_dest(cls, dest: Dest) -> DestState:
-        return cls(dest.addr, dest.port, dest.weight, dest.fwd, dest.u_threshold,
-                   dest.l_threshold, last_weight=dest.weight)
+        return cls(
+            dest.addr,
+            dest.port,
+            dest.weight,
+            dest.fwd,
+            dest.u_threshold,
+            dest.l_threshold,
+            last_weight=dest.weight,
+        )
 
     def as_dest(self) -> Dest:
         return Dest(self.addr, self.port, self.weight, self.fwd, self.u_threshold, self.l_threshold)

@@ -28,8 +28,10 @@ def mh_hashkey(addr_fold: int, port: int, key: tuple[int, int], offset: int = 0)
 def dest_offset_skip(d: DestState) -> tuple[int, int]:
     """(offset, skip) of a dest's permutation (``ip_vs_mh_permutate``)."""
     v = fold_addr(d.addr)
-    return (mh_hashkey(v, d.port, HASH1) % MH_TAB_SIZE,
-            mh_hashkey(v, d.port, HASH2) % (MH_TAB_SIZE - 1) + 1)
+    return (
+        mh_hashkey(v, d.port, HASH1) % MH_TAB_SIZE,
+        mh_hashkey(v, d.port, HASH2) % (MH_TAB_SIZE - 1) + 1,
+    )
 
 
 def _unavailable(d: DestState) -> bool:

@@ -24,10 +24,21 @@ from impl.types import Service
 _CLASSES: dict[str, type[Scheduler]] = {
     cls.name: cls
     for cls in (
-        RoundRobin, WeightedRoundRobin, LeastConnection, WeightedLeastConnection,
-        LocalityLeastConnection, LocalityLeastConnectionReplicated, DestinationHashing,
-        SourceHashing, ShortestExpectedDelay, NeverQueue, WeightedFailover, WeightedOverflow,
-        MaglevHashing, TwoChoices, NoScheduler,
+        RoundRobin,
+        WeightedRoundRobin,
+        LeastConnection,
+        WeightedLeastConnection,
+        LocalityLeastConnection,
+        LocalityLeastConnectionReplicated,
+        DestinationHashing,
+        SourceHashing,
+        ShortestExpectedDelay,
+        NeverQueue,
+        WeightedFailover,
+        WeightedOverflow,
+        MaglevHashing,
+        TwoChoices,
+        NoScheduler,
     )
 }
 
@@ -42,9 +53,7 @@ class SchedulerUnavailable(UnknownScheduler):
 def check_scheduler(name: str, level: KernelLevel | None = None) -> None:
     """Raise :class:`UnknownScheduler` if ``name`` is not a scheduler of ``level``."""
     if name not in _CLASSES:
-        raise UnknownScheduler(
-            f"unknown scheduler {name!r}: IPVS knows {', '.join(SCHEDULERS)}"
-        )
+        raise UnknownScheduler(f"unknown scheduler {name!r}: IPVS knows {', '.join(SCHEDULERS)}")
     if name == "twos" and level is not None and not level.has_twos:
         raise SchedulerUnavailable(
             f"scheduler 'twos' is not in kernel {level.label} (it came with 6.2; Debian builds it"

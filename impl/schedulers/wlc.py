@@ -15,8 +15,9 @@ from impl.schedulers.base import DestState, Scheduler
 from impl.types import Flow
 
 
-def weighted_least(dests: list[DestState], overhead: Callable[[DestState], int],
-                   available_only: bool = False) -> DestState | None:
+def weighted_least(
+    dests: list[DestState], overhead: Callable[[DestState], int], available_only: bool = False
+) -> DestState | None:
     """The wlc choice; ``available_only`` also skips dests removed from their service (lblcr's
     ``ip_vs_dest_set_min``, whose set may still hold them)."""
     it = iter(dests)

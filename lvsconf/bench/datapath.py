@@ -38,14 +38,25 @@ SETTLE = 0.3  # seconds without a new delivery that end a measurement
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--packets", type=int, default=20000, help="packets per measurement")
-    parser.add_argument("--flows", type=int, default=64,
-                        help="distinct client flows the packets cycle through (default 64)")
+    parser.add_argument(
+        "--flows",
+        type=int,
+        default=64,
+        help="distinct client flows the packets cycle through (default 64)",
+    )
     parser.add_argument("--size", type=int, default=64, help="UDP payload bytes (default 64)")
-    parser.add_argument("--fwd", choices=("dr", "nat", "tun"), default="nat",
-                        help="forwarding method of the reference director (default nat)")
+    parser.add_argument(
+        "--fwd",
+        choices=("dr", "nat", "tun"),
+        default="nat",
+        help="forwarding method of the reference director (default nat)",
+    )
     parser.add_argument("--family", choices=("ipv4", "ipv6"), default="ipv4")
-    parser.add_argument("--persistent", action="store_true",
-                        help="make the service persistent (templates as well as connections)")
+    parser.add_argument(
+        "--persistent",
+        action="store_true",
+        help="make the service persistent (templates as well as connections)",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="measurements each, best kept")
 
 
@@ -113,10 +124,14 @@ def run(args: argparse.Namespace) -> int:
     family = IPV4 if args.family == "ipv4" else IPV6
     fwd = Fwd(args.fwd)
     servers = 3
-    svc = Service(ServiceKey(family, Proto.UDP, vip(family, 0), PORT), "rr",
-                  300 if args.persistent else None)
-    scenario = Scenario("bench", (ServiceConfig(svc, tuple(
-        Dest(rip(family, i), PORT, 1, fwd) for i in range(servers))),), ())
+    svc = Service(
+        ServiceKey(family, Proto.UDP, vip(family, 0), PORT), "rr", 300 if args.persistent else None
+    )
+    scenario = Scenario(
+        "bench",
+        (ServiceConfig(svc, tuple(Dest(rip(family, i), PORT, 1, fwd) for i in range(servers))),),
+        (),
+    )
     with build(Topology(real_servers=servers, fwd=fwd, families=(family,))) as net:
         sinks = []
         for node in net.rs:  # a socket that never reads: no ICMP port unreachable comes back
@@ -124,27 +139,38 @@ def run(args: argparse.Namespace) -> int:
             s = node.socket(af, socket.SOCK_DGRAM)
             s.bind(("0.0.0.0" if family is IPV4 else "::", PORT))
             sinks.append(s)
-        kernel_frames = _frames(net, family, [rip(family, i) for i in range(servers)], args.flows,
-                                args.size)
+        kernel_frames = _frames(
+            net, family, [rip(family, i) for i in range(servers)], args.flows, args.size
+        )
         vip_frames = _frames(net, family, [vip(family, 0)], args.flows, args.size)
-        print(f"datapath bench: {args.packets} UDP packets x {args.rounds} rounds, "
-              f"{args.size}-byte payload, {args.flows} flows, {servers} real servers, "
-              f"{fwd.value.upper()}, {family.label}{', persistent' if args.persistent else ''}")
-        kernel = max((_measure(net, kernel_frames, args.packets) for _ in range(args.rounds)),
-                     key=lambda r: r[0] / r[1])
+        print(
+            f"datapath bench: {args.packets} UDP packets x {args.rounds} rounds, "
+            f"{args.size}-byte payload, {args.flows} flows, {servers} real servers, "
+            f"{fwd.value.upper()}, {family.label}{', persistent' if args.persistent else ''}"
+        )
+        kernel = max(
+            (_measure(net, kernel_frames, args.packets) for _ in range(args.rounds)),
+            key=lambda r: r[0] / r[1],
+        )
         k_pps = kernel[0] / kernel[1]
         send_pps = args.packets / kernel[2]
         bound = " (sender-bound: a lower bound)" if k_pps > 0.9 * send_pps else ""
-        print(f"kernel forwarding: {kernel[0]}/{args.packets} delivered in {kernel[1]:.3f} s "
-              f"= {k_pps:,.0f} pps; the send loop ran at {send_pps:,.0f} pps{bound}")
+        print(
+            f"kernel forwarding: {kernel[0]}/{args.packets} delivered in {kernel[1]:.3f} s "
+            f"= {k_pps:,.0f} pps; the send loop ran at {send_pps:,.0f} pps{bound}"
+        )
         with ReferenceDatapath().install(net, scenario) as director:
-            ref = max((_measure(net, vip_frames, args.packets) for _ in range(args.rounds)),
-                      key=lambda r: r[0] / r[1])
+            ref = max(
+                (_measure(net, vip_frames, args.packets) for _ in range(args.rounds)),
+                key=lambda r: r[0] / r[1],
+            )
             stats = director.stats()
         r_pps = ref[0] / ref[1]
-        print(f"reference director: {ref[0]}/{args.packets} delivered in {ref[1]:.3f} s "
-              f"= {r_pps:,.0f} pps (datapath counters over all rounds: "
-              f"{', '.join(f'{k}={v}' for k, v in sorted(stats.items()))})")
+        print(
+            f"reference director: {ref[0]}/{args.packets} delivered in {ref[1]:.3f} s "
+            f"= {r_pps:,.0f} pps (datapath counters over all rounds: "
+            f"{', '.join(f'{k}={v}' for k, v in sorted(stats.items()))})"
+        )
         for s in sinks:
             s.close()
     print(f"ratio={r_pps / k_pps:.4f}")

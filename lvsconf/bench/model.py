@@ -29,12 +29,19 @@ VIP = ipaddress.IPv4Address("198.19.0.1")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--flows", type=int, default=20000,
-                        help="flows per loop (default 20000; at most 65536 clients)")
+    parser.add_argument(
+        "--flows",
+        type=int,
+        default=20000,
+        help="flows per loop (default 20000; at most 65536 clients)",
+    )
     parser.add_argument("--scheduler", default="wlc", help="scheduler of the service (wlc)")
     parser.add_argument("--dests", type=int, default=8, help="real servers (default 8)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print the top functions of loop (b) by own time")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print the top functions of loop (b) by own time",
+    )
 
 
 def _director(sched: str, dests: int) -> Director:
@@ -42,8 +49,7 @@ def _director(sched: str, dests: int) -> Director:
     key = ServiceKey(IPV4, Proto.TCP, VIP, 80)
     d.add_service(Service(key, sched, timeout=3600))
     for i in range(dests):
-        d.add_dest(key, Dest(ipaddress.IPv4Address(f"198.18.10.{11 + i}"), 80, 1 + i % 3,
-                             Fwd.DR))
+        d.add_dest(key, Dest(ipaddress.IPv4Address(f"198.18.10.{11 + i}"), 80, 1 + i % 3, Fwd.DR))
     return d
 
 
@@ -61,8 +67,7 @@ def _rate(n: int, loop: Callable[[], None]) -> float:
 def run(args: argparse.Namespace) -> int:
     n = args.flows
     if not 1 <= n <= 65536:
-        print(f"lvsconf bench model: --flows {n} is out of range (use 1..65536)",
-              file=sys.stderr)
+        print(f"lvsconf bench model: --flows {n} is out of range (use 1..65536)", file=sys.stderr)
         return 2
     director = _director(args.scheduler, args.dests)
     clients = _clients(n)
@@ -89,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
     b = _rate(n, loop_hit)
     c = _rate(n, loop_dict)
     hits = sum(1 for t in director.templates(2.0) if not t.invalidated)
-    print(f"flows per loop: {n}, scheduler {args.scheduler}, {args.dests} dests, "
-          f"templates held: {hits}")
+    print(
+        f"flows per loop: {n}, scheduler {args.scheduler}, {args.dests} dests, "
+        f"templates held: {hits}"
+    )
     print(f"(a) new client, scheduler + template: {a:12,.0f} decisions/s")
     print(f"(b) existing template:                {b:12,.0f} decisions/s")
     print(f"(c) bare dict.get, same loop:         {c:12,.0f} decisions/s")

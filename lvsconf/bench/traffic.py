@@ -30,14 +30,20 @@ from impl.types import IPV4, IPV6, Family, Flow, Proto
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--flows", type=int, default=20000,
-                        help="flows for batch mode and the raw loop (default 20000)")
-    parser.add_argument("--ordered-flows", type=int, default=2000,
-                        help="flows for ordered mode (default 2000)")
+    parser.add_argument(
+        "--flows",
+        type=int,
+        default=20000,
+        help="flows for batch mode and the raw loop (default 20000)",
+    )
+    parser.add_argument(
+        "--ordered-flows", type=int, default=2000, help="flows for ordered mode (default 2000)"
+    )
     parser.add_argument("--family", choices=("ipv4", "ipv6"), default="ipv4")
     parser.add_argument("--proto", choices=("tcp", "udp", "sctp"), default="tcp")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="repetitions; figures are medians (the host is noisy)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="repetitions; figures are medians (the host is noisy)"
+    )
 
 
 def bench_flows(family: Family, proto: Proto, count: int, offset: int = 0) -> list[Flow]:
@@ -46,8 +52,15 @@ def bench_flows(family: Family, proto: Proto, count: int, offset: int = 0) -> li
     out = []
     for n in range(offset, offset + count):
         host = n % hosts
-        out.append(Flow(proto, cip(family, host // 254, 1 + host % 254),
-                        1024 + n // hosts, vip(family, 0), 80))
+        out.append(
+            Flow(
+                proto,
+                cip(family, host // 254, 1 + host % 254),
+                1024 + n // hosts,
+                vip(family, 0),
+                80,
+            )
+        )
     return out
 
 
@@ -56,8 +69,7 @@ def _route_vip0_to_rs1(net: Net) -> None:
         for fam in net.topology.families:
             plen = 32 if fam is IPV4 else 128
             ipr.addr("del", index=1, address=str(vip(fam, 0)), prefixlen=plen)
-            ipr.route("add", dst=f"{vip(fam, 0)}/{plen}", gateway=str(rip(fam, 0)),
-                      family=int(fam))
+            ipr.route("add", dst=f"{vip(fam, 0)}/{plen}", gateway=str(rip(fam, 0)), family=int(fam))
 
 
 def rx_packets(net: Net, rs: int) -> int:
@@ -103,12 +115,16 @@ def raw_loop(net: Net, flows: list[Flow]) -> tuple[int, float]:
 
 def run(args: argparse.Namespace) -> int:
     if args.flows < 1 or args.ordered_flows < 1 or args.repeat < 1:
-        print("lvsconf bench traffic: --flows, --ordered-flows and --repeat must be >= 1",
-              file=sys.stderr)
+        print(
+            "lvsconf bench traffic: --flows, --ordered-flows and --repeat must be >= 1",
+            file=sys.stderr,
+        )
         return 2
     if os.geteuid() != 0:
-        print("lvsconf bench traffic: needs root (network namespaces); rerun with sudo",
-              file=sys.stderr)
+        print(
+            "lvsconf bench traffic: needs root (network namespaces); rerun with sudo",
+            file=sys.stderr,
+        )
         return 2
     family = IPV4 if args.family == "ipv4" else IPV6
     proto = Proto[args.proto.upper()]
@@ -128,23 +144,30 @@ def run(args: argparse.Namespace) -> int:
                 for mode, count in (("ordered", args.ordered_flows), ("batch", args.flows)):
                     before = rx_packets(net, 0)
                     report = run_report(net, fresh(count), mode)  # type: ignore[arg-type]
-                    ok = sum(r.outcome.kind == "forward" and r.outcome.rs == 0
-                             for r in report.results)
+                    ok = sum(
+                        r.outcome.kind == "forward" and r.outcome.rs == 0 for r in report.results
+                    )
                     figures[mode].append(ok / report.elapsed)
-                    print(f"[{rep + 1}] {mode:8s} {count:6d} flows {ok:6d} verified "
-                          f"{report.elapsed:7.3f} s {figures[mode][-1]:9.0f} flows/s "
-                          f"(rs1 rx_packets +{rx_packets(net, 0) - before})")
+                    print(
+                        f"[{rep + 1}] {mode:8s} {count:6d} flows {ok:6d} verified "
+                        f"{report.elapsed:7.3f} s {figures[mode][-1]:9.0f} flows/s "
+                        f"(rs1 rx_packets +{rx_packets(net, 0) - before})"
+                    )
                 before = rx_packets(net, 0)
                 got, elapsed = raw_loop(net, fresh(args.flows))
                 figures["raw"].append(got / elapsed)
-                print(f"[{rep + 1}] raw loop {args.flows:6d} sent  {got:6d} received "
-                      f"{elapsed:7.3f} s {figures['raw'][-1]:9.0f} frames/s "
-                      f"(rs1 rx_packets +{rx_packets(net, 0) - before})")
+                print(
+                    f"[{rep + 1}] raw loop {args.flows:6d} sent  {got:6d} received "
+                    f"{elapsed:7.3f} s {figures['raw'][-1]:9.0f} frames/s "
+                    f"(rs1 rx_packets +{rx_packets(net, 0) - before})"
+                )
     except TrafficError as exc:
         print(f"lvsconf bench traffic: {exc}", file=sys.stderr)
         return 2
     med = {k: statistics.median(v) for k, v in figures.items()}
-    print(f"median of {args.repeat}: ordered {med['ordered']:.0f} flows/s, batch "
-          f"{med['batch']:.0f} flows/s, raw loop {med['raw']:.0f} frames/s")
+    print(
+        f"median of {args.repeat}: ordered {med['ordered']:.0f} flows/s, batch "
+        f"{med['batch']:.0f} flows/s, raw loop {med['raw']:.0f} frames/s"
+    )
     print(f"ratio={med['batch'] / med['raw']:.2f}")
     return 0

@@ -67,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser(
-        "diff", help="compare two reports (e.g. two kernels): list only changed verdicts",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "diff",
+        help="compare two reports (e.g. two kernels): list only changed verdicts",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("old", help="report directory or results.json of the old run")
     parser.add_argument("new", help="report directory or results.json of the new run")

@@ -23,8 +23,22 @@ from pathlib import Path
 from harness.lanes import provision, vm
 from harness.lanes.provision import LaneError
 
-SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf",
-              "mh", "twos")
+SCHEDULERS = (
+    "rr",
+    "wrr",
+    "lc",
+    "wlc",
+    "lblc",
+    "lblcr",
+    "dh",
+    "sh",
+    "sed",
+    "nq",
+    "fo",
+    "ovf",
+    "mh",
+    "twos",
+)
 PROBE_SCRIPT = (
     "echo kernel=$(uname -r); "
     "if modprobe ip_vs 2>/dev/null && test -e /proc/net/ip_vs; then echo ip_vs=yes; "
@@ -58,10 +72,17 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def cmd_list(_args: argparse.Namespace) -> int:
     out = subprocess.run(
         ["apt-cache", "search", "--names-only", r"^linux-image-[0-9].*-amd64(-unsigned)?$"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    names = sorted({provision.release_of(line.split()[0]) for line in out.stdout.splitlines()
-                    if line.strip() and "-cloud-" not in line and "-rt-" not in line})
+    names = sorted(
+        {
+            provision.release_of(line.split()[0])
+            for line in out.stdout.splitlines()
+            if line.strip() and "-cloud-" not in line and "-rt-" not in line
+        }
+    )
     print("\n".join(names))
     auto = provision.package_for("auto")
     print(f"auto = {provision.release_of(auto)}", file=sys.stderr)
@@ -73,8 +94,15 @@ def _boot(spec: str, command: str, memory: str, timeout: float) -> int:
     with tempfile.TemporaryDirectory(prefix="lvsconf-boot-") as rw, vm.vm_lock(_say):
         accel = vm.choose_accel(tree.image, _say)
         _say(f"booting {tree.release} ({accel}) …")
-        run = vm.GuestRun(image=tree.image, command=command, cwd=Path.cwd(), rwdir=Path(rw),
-                          accel=accel, memory=memory, timeout=timeout)
+        run = vm.GuestRun(
+            image=tree.image,
+            command=command,
+            cwd=Path.cwd(),
+            rwdir=Path(rw),
+            accel=accel,
+            memory=memory,
+            timeout=timeout,
+        )
         start = time.monotonic()
         res = vm.run_guest(run, lambda line: print(line, flush=True))
         _say(f"guest exit status {res.rc} after {time.monotonic() - start:.1f} s")
@@ -86,8 +114,11 @@ def _boot(spec: str, command: str, memory: str, timeout: float) -> int:
 
 def cmd_boot(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    command = " ".join(shlex.quote(a) for a in cmd) if cmd else \
-        "uname -r && modprobe ip_vs && cat /proc/net/ip_vs"
+    command = (
+        " ".join(shlex.quote(a) for a in cmd)
+        if cmd
+        else "uname -r && modprobe ip_vs && cat /proc/net/ip_vs"
+    )
     return _boot(args.kernel, command, args.memory, args.timeout)
 
 
@@ -114,8 +145,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     default_kernel = os.environ.get("LVSCONF_KERNEL", "auto")
 
     p = verbs.add_parser("fetch", help="download and unpack a kernel into the cache")
-    p.add_argument("version", nargs="?", default="auto",
-                   help="auto (default), or a Debian kernel version such as 6.1.0-56-amd64")
+    p.add_argument(
+        "version",
+        nargs="?",
+        default="auto",
+        help="auto (default), or a Debian kernel version such as 6.1.0-56-amd64",
+    )
     p.set_defaults(func=_guarded(cmd_fetch))
 
     p = verbs.add_parser("list", help="Debian kernel versions apt knows")
@@ -126,8 +161,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ("probe", cmd_probe, "boot a kernel and report its IPVS schedulers and modules"),
     ):
         p = verbs.add_parser(name, help=help_text)
-        p.add_argument("--kernel", default=default_kernel,
-                       help="auto (default), a Debian version, or a kernel image path")
+        p.add_argument(
+            "--kernel",
+            default=default_kernel,
+            help="auto (default), a Debian version, or a kernel image path",
+        )
         p.add_argument("--memory", default="1G", help="guest memory (default 1G)")
         p.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole run")
         if name == "boot":

@@ -25,28 +25,65 @@ from impl.predict import Event, PredictError, parse_flow, parse_flows_file, pars
 class _Ordered(argparse.Action):
     """Append ``(option, value)`` to one shared list, keeping the command-line order."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         events = getattr(namespace, "events", None) or []
         events.append((self.dest, values))
         namespace.events = events
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("predict", help="predict IPVS verdicts and templates for flows",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rules", required=True, metavar="FILE",
-                   help="ipvsadm-save / ipvsadm -Sn output or ipvsadm command lines")
-    p.add_argument("--flow", action=_Ordered, metavar="FLOW", dest="flow",
-                   help="'PROTO SADDR:SPORT -> DADDR:DPORT [mark=N] [KIND]'")
-    p.add_argument("--flows", action=_Ordered, metavar="FILE", dest="flows",
-                   help="file with one flow per line and '@ SECONDS' time lines")
-    p.add_argument("--at", action=_Ordered, metavar="SECONDS", dest="at",
-                   help="set the clock (absolute seconds) before the following flows")
-    p.add_argument("--kernel-release", metavar="REL", default=None,
-                   help="kernel to model, e.g. 6.1.192 or 6.12.117 (default 6.1.192)")
-    p.add_argument("--sysctl", action="append", default=[], metavar="NAME=VALUE",
-                   help="net.ipv4.vs sysctl, e.g. expire_quiescent_template=1")
+    p = sub.add_parser(
+        "predict",
+        help="predict IPVS verdicts and templates for flows",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--rules",
+        required=True,
+        metavar="FILE",
+        help="ipvsadm-save / ipvsadm -Sn output or ipvsadm command lines",
+    )
+    p.add_argument(
+        "--flow",
+        action=_Ordered,
+        metavar="FLOW",
+        dest="flow",
+        help="'PROTO SADDR:SPORT -> DADDR:DPORT [mark=N] [KIND]'",
+    )
+    p.add_argument(
+        "--flows",
+        action=_Ordered,
+        metavar="FILE",
+        dest="flows",
+        help="file with one flow per line and '@ SECONDS' time lines",
+    )
+    p.add_argument(
+        "--at",
+        action=_Ordered,
+        metavar="SECONDS",
+        dest="at",
+        help="set the clock (absolute seconds) before the following flows",
+    )
+    p.add_argument(
+        "--kernel-release",
+        metavar="REL",
+        default=None,
+        help="kernel to model, e.g. 6.1.192 or 6.12.117 (default 6.1.192)",
+    )
+    p.add_argument(
+        "--sysctl",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="net.ipv4.vs sysctl, e.g. expire_quiescent_template=1",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=run, events=None)
 
@@ -56,8 +93,9 @@ def _read(path: str, what: str) -> str:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise PredictError(f"cannot read {what} {path!r}: {exc} (give a readable text file)") \
-            from None
+        raise PredictError(
+            f"cannot read {what} {path!r}: {exc} (give a readable text file)"
+        ) from None
 
 
 def _sysctls(items: list[str]) -> dict[str, int]:
@@ -70,8 +108,9 @@ def _sysctls(items: list[str]) -> dict[str, int]:
         except ValueError:
             sep = ""
         if not sep or not name:
-            raise PredictError(f"bad --sysctl {item!r} (write NAME=INTEGER, e.g. "
-                               "expire_quiescent_template=1)")
+            raise PredictError(
+                f"bad --sysctl {item!r} (write NAME=INTEGER, e.g. expire_quiescent_template=1)"
+            )
     return out
 
 

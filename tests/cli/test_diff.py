@@ -10,8 +10,13 @@ from lvsconf.commands.diff import diff
 
 
 def _rec(rule: str, verdict: str, kernel: str, family: str = "ipv4") -> dict[str, object]:
-    return {"rule": rule, "implementation": "kernel", "kernel": kernel, "family": family,
-            "verdict": verdict}
+    return {
+        "rule": rule,
+        "implementation": "kernel",
+        "kernel": kernel,
+        "family": family,
+        "verdict": verdict,
+    }
 
 
 def _write(path: Path, records: list[dict[str, object]]) -> Path:

@@ -19,38 +19,55 @@ def dest_port(fwd: Fwd, vport: int) -> int:
     return vport + NAT_OFFSET if fwd is Fwd.NAT else vport
 
 
-def persistent(family: Family, fwd: Fwd, protos: Sequence[Proto] = tuple(VPORTS),
-               servers: int = 3, timeout: int = 300) -> Scenario:
+def persistent(
+    family: Family,
+    fwd: Fwd,
+    protos: Sequence[Proto] = tuple(VPORTS),
+    servers: int = 3,
+    timeout: int = 300,
+) -> Scenario:
     """rr, persistent (``timeout`` s), ``servers`` dests of method ``fwd`` per protocol."""
     vip = addresses.vip(family, 0)
     services = tuple(
         ServiceConfig(
             Service(ServiceKey(family, proto, vip, VPORTS[proto]), "rr", timeout),
-            tuple(Dest(addresses.rip(family, i), dest_port(fwd, VPORTS[proto]), 1, fwd)
-                  for i in range(servers)),
+            tuple(
+                Dest(addresses.rip(family, i), dest_port(fwd, VPORTS[proto]), 1, fwd)
+                for i in range(servers)
+            ),
         )
         for proto in protos
     )
     return Scenario(f"persistent-{fwd.value}-{family.label}", services, ())
 
 
-def client_flows(family: Family, protos: Iterable[Proto] = tuple(VPORTS), clients: int = 4,
-                 per_client: int = 2, first: int = 0) -> list[Flow]:
+def client_flows(
+    family: Family,
+    protos: Iterable[Proto] = tuple(VPORTS),
+    clients: int = 4,
+    per_client: int = 2,
+    first: int = 0,
+) -> list[Flow]:
     """Clients number ``first``.. (spread over the client networks), several connections each."""
     vip = addresses.vip(family, 0)
 
     def client(i: int) -> object:
         return addresses.cip(family, i % addresses.CLIENT_NETS, 1 + i // addresses.CLIENT_NETS)
 
-    return [Flow(proto, client(first + c), 40000 + k, vip, VPORTS[proto])  # type: ignore[arg-type]
-            for c in range(clients) for proto in protos for k in range(per_client)]
+    return [
+        Flow(proto, client(first + c), 40000 + k, vip, VPORTS[proto])  # type: ignore[arg-type]
+        for c in range(clients)
+        for proto in protos
+        for k in range(per_client)
+    ]
 
 
 _KIND = {"forward": "forward", "unreachable": "unreachable", "drop": "dropped", "local": "local"}
 
 
-def predict(model: Director, scenario: Scenario, flows: Iterable[Flow], now: float
-            ) -> list[tuple[str, int | None, int | None]]:
+def predict(
+    model: Director, scenario: Scenario, flows: Iterable[Flow], now: float
+) -> list[tuple[str, int | None, int | None]]:
     """(outcome kind, real server index, port at the real server) the model expects per flow."""
     out: list[tuple[str, int | None, int | None]] = []
     for flow in flows:
@@ -65,8 +82,9 @@ def predict(model: Director, scenario: Scenario, flows: Iterable[Flow], now: flo
 
 
 def observed(outcomes: Iterable[Outcome]) -> list[tuple[str, int | None, int | None]]:
-    return [(o.kind, o.rs, o.port) if o.kind == "forward" else (o.kind, None, None)
-            for o in outcomes]
+    return [
+        (o.kind, o.rs, o.port) if o.kind == "forward" else (o.kind, None, None) for o in outcomes
+    ]
 
 
 def explain(flows: Sequence[Flow], expected: Sequence[object], seen: Sequence[object]) -> str:

@@ -21,15 +21,32 @@ from impl.types import IPV6, Dest, Fwd, FwmarkRule, Proto, Service, ServiceKey, 
 A = ipaddress.ip_address
 KEY = ServiceKey(IPV6, Proto.UDP, A("2001:db8:f::1"), 53)
 SCENARIO = Scenario(
-    "c", (ServiceConfig(Service(KEY, "sh", 30, netmask=64, sched_flags=SvcFlag.SCHED1),
-                        (Dest(A("2001:db8:a::11"), 5353, 2, Fwd.NAT),)),), (),
-    fwmark_rules=(FwmarkRule(3, IPV6, ipaddress.ip_network("2001:db8:f::/64"), None, (1, 9)),))
+    "c",
+    (
+        ServiceConfig(
+            Service(KEY, "sh", 30, netmask=64, sched_flags=SvcFlag.SCHED1),
+            (Dest(A("2001:db8:a::11"), 5353, 2, Fwd.NAT),),
+        ),
+    ),
+    (),
+    fwmark_rules=(FwmarkRule(3, IPV6, ipaddress.ip_network("2001:db8:f::/64"), None, (1, 9)),),
+)
 
 
 def test_codec_round_trips_the_vocabulary() -> None:
     assert loads(dumps(SCENARIO)) == SCENARIO
-    tpl = Template(IPV6, Proto.UDP, A("2001:db8:c0::"), 0, A("2001:db8:f::1"), 53,
-                   A("2001:db8:a::11"), 5353, "NONE", 29)
+    tpl = Template(
+        IPV6,
+        Proto.UDP,
+        A("2001:db8:c0::"),
+        0,
+        A("2001:db8:f::1"),
+        53,
+        A("2001:db8:a::11"),
+        5353,
+        "NONE",
+        29,
+    )
     assert loads(dumps([tpl, {"x": (1, b"\x00")}])) == [tpl, {"x": (1, b"\x00")}]
 
 
@@ -39,19 +56,27 @@ def test_codec_refuses_unknown_types() -> None:
 
 
 def test_config_round_trip_and_targets(tmp_path: Path) -> None:
-    config = DatapathConfig(SCENARIO, "dcl0", "dbr0", {A("2001:db8:a::11"): "02:00:00:00:00:01"},
-                            (ipaddress.ip_network("2001:db8:c0::/48"),))
+    config = DatapathConfig(
+        SCENARIO,
+        "dcl0",
+        "dbr0",
+        {A("2001:db8:a::11"): "02:00:00:00:00:01"},
+        (ipaddress.ip_network("2001:db8:c0::/48"),),
+    )
     config.dump(tmp_path / "c.json")
     again = DatapathConfig.load(tmp_path / "c.json")
     assert again == config
     assert [str(n) for n in again.targets()] == ["2001:db8:f::1/128", "2001:db8:f::/64"]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("not json", "is not JSON"),
-    ('{"scenario": 1, "client_if": "a", "bridge": "b"}', "'scenario' must be a Scenario"),
-    ('{"client_if": "a"}', "missing"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "is not JSON"),
+        ('{"scenario": 1, "client_if": "a", "bridge": "b"}', "'scenario' must be a Scenario"),
+        ('{"client_if": "a"}', "missing"),
+    ],
+)
 def test_bad_config_is_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "c.json"
     path.write_text(text)
@@ -60,14 +85,26 @@ def test_bad_config_is_one_clear_line(tmp_path: Path, text: str, message: str) -
 
 
 def test_process_rejects_a_missing_config_with_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "impl.datapath", "--config",
-                           str(tmp_path / "nope.json"), "--control", str(tmp_path / "s")],
-                          capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "impl.datapath",
+            "--config",
+            str(tmp_path / "nope.json"),
+            "--control",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"lvsconf-datapath: cannot read datapath config {tmp_path / 'nope.json'}: "
-        "No such file or directory"]
+        "No such file or directory"
+    ]
 
 
 def test_control_round_trip_over_a_unix_socket(tmp_path: Path) -> None:

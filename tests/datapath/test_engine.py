@@ -71,12 +71,19 @@ class Recorder:
 
 
 LOCAL = Decision("local")
-SCENARIO = Scenario("t", (ServiceConfig(Service(ServiceKey(IPV4, Proto.TCP, A(VIP4), 80))),
-                          ServiceConfig(Service(ServiceKey(IPV6, Proto.TCP, A(VIP6), 80)))), ())
+SCENARIO = Scenario(
+    "t",
+    (
+        ServiceConfig(Service(ServiceKey(IPV4, Proto.TCP, A(VIP4), 80))),
+        ServiceConfig(Service(ServiceKey(IPV6, Proto.TCP, A(VIP6), 80))),
+    ),
+    (),
+)
 
 
-def _engine(verdict: Decision, scenario: Scenario = SCENARIO,
-            reply: Decision = LOCAL) -> tuple[Engine, ScriptedModel, Recorder]:
+def _engine(
+    verdict: Decision, scenario: Scenario = SCENARIO, reply: Decision = LOCAL
+) -> tuple[Engine, ScriptedModel, Recorder]:
     model, wire = ScriptedModel(verdict, reply), Recorder()
     targets = [ipaddress.ip_network(A(VIP4)), ipaddress.ip_network(A(VIP6))]
     targets += [r.daddr for r in scenario.fwmark_rules]
@@ -103,17 +110,23 @@ def test_tun_encapsulates_the_unchanged_packet() -> None:
 def test_nat_rewrites_destination_and_routes_it() -> None:
     engine, _, wire = _engine(Decision("forward", A(RIP4), 8080, Fwd.NAT))
     assert engine.handle(SYN4) == "nat"
-    (how, data, dst), = wire.sent
+    ((how, data, dst),) = wire.sent
     out = IP(data)
     assert (how, dst, out.dst, out[TCP].dport, out.src, out[TCP].sport) == (
-        "routed", A(RIP4), RIP4, 8080, CIP4, 40000)
+        "routed",
+        A(RIP4),
+        RIP4,
+        8080,
+        CIP4,
+        40000,
+    )
 
 
 def test_nat_reply_gets_the_vip_as_source() -> None:
     engine, model, wire = _engine(Decision("drop"), reply=Decision("forward", A(VIP6), 80, Fwd.NAT))
     synack = bytes(IPv6(src=RIP6, dst=CIP6) / TCP(sport=8080, dport=40000, flags="SA"))
     assert engine.handle(synack) == "snat"
-    (how, data, dst), = wire.sent
+    ((how, data, dst),) = wire.sent
     out = IPv6(data)
     assert (how, dst, out.src, out[TCP].sport, out.dst) == ("routed", A(CIP6), VIP6, 80, CIP6)
     assert model.replies[0].kind == "synack" and model.seen == []
@@ -129,10 +142,16 @@ def test_reply_without_connection_is_routed_unchanged() -> None:
 def test_unreachable_answers_the_client_from_the_vip() -> None:
     engine, _, wire = _engine(Decision("unreachable"))
     assert engine.handle(SYN4) == "unreachable"
-    (how, data, dst), = wire.sent
+    ((how, data, dst),) = wire.sent
     answer = IP(data)
     assert (how, dst, answer.src, answer.dst, answer[ICMP].type, answer[ICMP].code) == (
-        "routed", A(CIP4), VIP4, CIP4, 3, 3)
+        "routed",
+        A(CIP4),
+        VIP4,
+        CIP4,
+        3,
+        3,
+    )
     # the quote is the packet as the director received it (before it was routed into the TUN)
     assert answer[IPerror].ttl == IP(SYN4).ttl + 1
     engine6, _, wire6 = _engine(Decision("unreachable"))
@@ -162,10 +181,14 @@ def test_fwmark_rules_mark_the_flow_before_the_model_sees_it() -> None:
     engine, model, _ = _engine(Decision("drop"), scenario)
     engine.handle(bytes(IP(src=CIP4, dst="198.19.0.5") / UDP(sport=5, dport=1500) / Raw(b"p")))
     engine.handle(bytes(IP(src=CIP4, dst="198.19.0.5") / UDP(sport=5, dport=2500)))
-    engine.handle(bytes(IP(src=CIP4, dst="198.19.0.5") / SCTP(sport=5, dport=1500)
-                        / SCTPChunkInit()))
+    engine.handle(
+        bytes(IP(src=CIP4, dst="198.19.0.5") / SCTP(sport=5, dport=1500) / SCTPChunkInit())
+    )
     assert [(f.mark, f.proto) for f in model.seen] == [
-        (7, Proto.UDP), (0, Proto.UDP), (0, Proto.SCTP)]
+        (7, Proto.UDP),
+        (0, Proto.UDP),
+        (0, Proto.SCTP),
+    ]
 
 
 def test_udp_payload_reaches_the_model_only_for_a_persistence_engine() -> None:
@@ -187,8 +210,9 @@ def test_errors_are_counted_not_raised() -> None:
             raise RuntimeError("model bug")
 
     wire = Recorder()
-    engine = Engine(Broken(Decision("drop")), SCENARIO, wire,
-                    [ipaddress.ip_network(A(VIP4))], clock=lambda: 0.0)
+    engine = Engine(
+        Broken(Decision("drop")), SCENARIO, wire, [ipaddress.ip_network(A(VIP4))], clock=lambda: 0.0
+    )
     assert engine.handle(SYN4) == "model-error"
     assert engine.handle(b"\x45\x00") == "malformed"
     assert engine.stats == {"model-error": 1, "malformed": 1} and wire.sent == []
@@ -196,8 +220,14 @@ def test_errors_are_counted_not_raised() -> None:
 
 def test_packets_from_outside_the_server_networks_are_ignored_on_the_reply_path() -> None:
     model, wire = ScriptedModel(Decision("drop")), Recorder()
-    engine = Engine(model, SCENARIO, wire, [ipaddress.ip_network(A(VIP4))], clock=lambda: 0.0,
-                    servers=[ipaddress.ip_network("198.18.10.0/24")])
+    engine = Engine(
+        model,
+        SCENARIO,
+        wire,
+        [ipaddress.ip_network(A(VIP4))],
+        clock=lambda: 0.0,
+        servers=[ipaddress.ip_network("198.18.10.0/24")],
+    )
     mld = bytes(IPv6(src="::", dst="ff02::16") / ICMPv6DestUnreach())
     assert engine.handle(mld) == "ignored"
     assert engine.handle(bytes(IP(src=RIP4, dst=CIP4) / UDP(sport=1, dport=2))) == "routed"
@@ -205,14 +235,20 @@ def test_packets_from_outside_the_server_networks_are_ignored_on_the_reply_path(
 
 
 def test_tun_too_big_for_the_tunnel_answers_with_the_tunnel_mtu() -> None:
-    big_df = bytes(IP(src=CIP4, dst=VIP4, flags="DF", ttl=63) / UDP(sport=1, dport=80)
-                   / Raw(b"x" * 1460))
+    big_df = bytes(
+        IP(src=CIP4, dst=VIP4, flags="DF", ttl=63) / UDP(sport=1, dport=80) / Raw(b"x" * 1460)
+    )
     engine, _, wire = _engine(Decision("forward", A(RIP4), 80, Fwd.TUN))
     assert engine.handle(big_df) == "too-big"
-    (how, data, dst), = wire.sent
+    ((how, data, dst),) = wire.sent
     answer = IP(data)
     assert (how, dst, answer.src, answer[ICMP].type, answer[ICMP].code) == (
-        "routed", A(CIP4), VIP4, 3, 4)
+        "routed",
+        A(CIP4),
+        VIP4,
+        3,
+        4,
+    )
     assert answer[ICMP].nexthopmtu == 1480 and answer[IPerror].ttl == 64
     # without DF the packet goes into the tunnel (the outer header gets fragmented)
     engine, _, wire = _engine(Decision("forward", A(RIP4), 80, Fwd.TUN))

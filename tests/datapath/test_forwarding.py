@@ -39,10 +39,23 @@ from .scenarios import VPORTS, client_flows, dest_port, explain, observed, persi
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
+
 def _keys(templates: list[Template]) -> list[tuple[object, ...]]:
     """Templates without their timer (the two clocks differ by the test's own run time)."""
-    return sorted((t.family, t.proto, str(t.caddr), t.cport, str(t.vaddr), t.vport, str(t.daddr),
-                   t.dport, t.state) for t in templates)
+    return sorted(
+        (
+            t.family,
+            t.proto,
+            str(t.caddr),
+            t.cport,
+            str(t.vaddr),
+            t.vport,
+            str(t.daddr),
+            t.dport,
+            t.state,
+        )
+        for t in templates
+    )
 
 
 def _conn_key(c: Connection) -> tuple[object, ...]:
@@ -58,8 +71,10 @@ METHODS = [pytest.param(f, id=f.value) for f in (Fwd.DR, Fwd.NAT, Fwd.TUN)]
 def test_every_flow_reaches_the_predicted_real_server(lvs_run, fwd: Fwd, family: Family) -> None:
     scenario = persistent(family, fwd)
     flows = client_flows(family)
-    with build(Topology(fwd=fwd, families=(family,)), lvs_run) as net, \
-            ReferenceDatapath().install(net, scenario) as director:
+    with (
+        build(Topology(fwd=fwd, families=(family,)), lvs_run) as net,
+        ReferenceDatapath().install(net, scenario) as director,
+    ):
         results = engine.run(net, flows)
         stats = director.stats()
         now = director.now()
@@ -96,10 +111,15 @@ def test_nat_handshake_through_the_vip(lvs_run, family: Family) -> None:
     model = Director.from_scenario(scenario)
     vip = addresses.vip(family, 0)
     tcp_port, udp_port = VPORTS[Proto.TCP], VPORTS[Proto.UDP]
-    with build(Topology(fwd=Fwd.NAT, families=(family,)), lvs_run) as net, \
-            ReferenceDatapath().install(net, scenario) as director, \
-            serve(net, tcp_ports=(dest_port(Fwd.NAT, tcp_port),),
-                  udp_ports=(dest_port(Fwd.NAT, udp_port),)) as servers:
+    with (
+        build(Topology(fwd=Fwd.NAT, families=(family,)), lvs_run) as net,
+        ReferenceDatapath().install(net, scenario) as director,
+        serve(
+            net,
+            tcp_ports=(dest_port(Fwd.NAT, tcp_port),),
+            udp_ports=(dest_port(Fwd.NAT, udp_port),),
+        ) as servers,
+    ):
         for c in range(4):
             client = addresses.cip(family, c, 10 + c)
             for k in range(2):  # a second connection from the same client: same server
@@ -128,8 +148,10 @@ def test_tun_handshake_where_real_servers_decapsulate(lvs_run, family: Family) -
     scenario = persistent(family, Fwd.TUN, protos=(Proto.TCP,))
     with build(Topology(fwd=Fwd.TUN, families=(family,)), lvs_run) as net:
         if not all(net.decap):
-            pytest.skip("real servers cannot decapsulate here (no ipip/ip6tnl in this kernel); "
-                        "TUN arrival is checked by capture in test_every_flow_reaches_...")
+            pytest.skip(
+                "real servers cannot decapsulate here (no ipip/ip6tnl in this kernel); "
+                "TUN arrival is checked by capture in test_every_flow_reaches_..."
+            )
         vip = addresses.vip(family, 0)
         with ReferenceDatapath().install(net, scenario), serve(net, tcp_ports=(80,)):
             assert fetch_name(net, vip, 80).startswith("rs")
@@ -150,13 +172,16 @@ def test_dest_changes_while_running_follow_the_model(lvs_run, family: Family) ->
         ("add_dest", Dest(rip[1], 80, 1, Fwd.DR)),  # rs2 back
     ]
     model = Director.from_scenario(scenario)
-    with build(Topology(real_servers=4, fwd=Fwd.DR, families=(family,)), lvs_run) as net, \
-            ReferenceDatapath().install(net, scenario) as director:
+    with (
+        build(Topology(real_servers=4, fwd=Fwd.DR, families=(family,)), lvs_run) as net,
+        ReferenceDatapath().install(net, scenario) as director,
+    ):
         phase_flows = client_flows(family, (Proto.TCP,), clients=3, per_client=1)
         for phase in range(len(steps) + 1):
             # old clients again (their templates), plus new clients (new templates)
-            flows = phase_flows + client_flows(family, (Proto.TCP,), clients=3, per_client=1,
-                                               first=3 + 3 * phase)
+            flows = phase_flows + client_flows(
+                family, (Proto.TCP,), clients=3, per_client=1, first=3 + 3 * phase
+            )
             flows = [Flow(f.proto, f.saddr, f.sport + phase, f.daddr, f.dport) for f in flows]
             now = director.now()
             expected = predict(model, scenario, flows, now)
@@ -187,11 +212,16 @@ def test_fwmark_service_balances_marked_packets(lvs_run, family: Family) -> None
     service = Service(ServiceKey(family, fwmark=5), "rr", 300)
     dests = tuple(Dest(addresses.rip(family, i), 0, 1, Fwd.DR) for i in range(3))
     scenario = Scenario("fwmark", (ServiceConfig(service, dests),), (), fwmark_rules=(rule,))
-    flows = [Flow(Proto.TCP, addresses.cip(family, c, 1), 43000 + p, vip, 1000 + 100 * p)
-             for c in range(4) for p in range(3)]
+    flows = [
+        Flow(Proto.TCP, addresses.cip(family, c, 1), 43000 + p, vip, 1000 + 100 * p)
+        for c in range(4)
+        for p in range(3)
+    ]
     unmarked = [Flow(Proto.TCP, addresses.cip(family, 0, 1), 44000, vip, 2500)]
-    with build(Topology(fwd=Fwd.DR, families=(family,)), lvs_run) as net, \
-            ReferenceDatapath().install(net, scenario) as director:
+    with (
+        build(Topology(fwd=Fwd.DR, families=(family,)), lvs_run) as net,
+        ReferenceDatapath().install(net, scenario) as director,
+    ):
         results = engine.run(net, flows + unmarked)
         now = director.now()
     expected = predict(Director.from_scenario(scenario), scenario, flows + unmarked, now)
@@ -204,21 +234,29 @@ def test_fwmark_service_balances_marked_packets(lvs_run, family: Family) -> None
 def test_no_dest_is_unreachable_and_no_service_is_local(lvs_run, family: Family) -> None:
     vip = addresses.vip(family, 0)
     service = Service(ServiceKey(family, Proto.TCP, vip, 80), "rr", 300)
-    scenario = Scenario("verdicts", (ServiceConfig(
-        service, (Dest(addresses.rip(family, 0), 80, 0, Fwd.DR),)),), ())  # weight 0 only
-    flows = [Flow(Proto.TCP, addresses.cip(family, 0, 1), 45000, vip, 80),
-             Flow(Proto.UDP, addresses.cip(family, 0, 1), 45001, vip, 80),
-             Flow(Proto.TCP, addresses.cip(family, 0, 1), 45002, vip, 81)]
-    with build(Topology(fwd=Fwd.DR, families=(family,)), lvs_run) as net, \
-            ReferenceDatapath().install(net, scenario) as director:
+    scenario = Scenario(
+        "verdicts", (ServiceConfig(service, (Dest(addresses.rip(family, 0), 80, 0, Fwd.DR),)),), ()
+    )  # weight 0 only
+    flows = [
+        Flow(Proto.TCP, addresses.cip(family, 0, 1), 45000, vip, 80),
+        Flow(Proto.UDP, addresses.cip(family, 0, 1), 45001, vip, 80),
+        Flow(Proto.TCP, addresses.cip(family, 0, 1), 45002, vip, 81),
+    ]
+    with (
+        build(Topology(fwd=Fwd.DR, families=(family,)), lvs_run) as net,
+        ReferenceDatapath().install(net, scenario) as director,
+    ):
         results = engine.run(net, flows)
         stats = director.stats()
     seen = observed(r.outcome for r in results)
     # TCP to a service without usable dest: ICMP port unreachable from the VIP (ip_vs_leave);
     # UDP to no service: the director's own stack answers port unreachable; TCP to no
     # service: the director's own stack resets it.
-    assert seen == [("unreachable", None, None), ("unreachable", None, None),
-                    ("local", None, None)], seen
+    assert seen == [
+        ("unreachable", None, None),
+        ("unreachable", None, None),
+        ("local", None, None),
+    ], seen
     assert stats.get("unreachable") == 1 and stats.get("local") == 2, stats
 
 
@@ -232,15 +270,20 @@ def test_tun_too_big_teaches_the_client_the_tunnel_mtu(lvs_run, family: Family) 
     af = socket.AF_INET if v4 else socket.AF_INET6
     level = socket.IPPROTO_IP if v4 else socket.IPPROTO_IPV6
     mtu_discover, mtu_opt = (10, 14) if v4 else (23, 24)  # IP(V6)_MTU_DISCOVER, IP(V6)_MTU
-    with build(Topology(fwd=Fwd.TUN, families=(family,)), lvs_run) as net, \
-            ReferenceDatapath().install(net, scenario) as director:
+    with (
+        build(Topology(fwd=Fwd.TUN, families=(family,)), lvs_run) as net,
+        ReferenceDatapath().install(net, scenario) as director,
+    ):
         with net.client.socket(af, socket.SOCK_DGRAM) as s:
             s.setsockopt(level, mtu_discover, 2)  # IP_PMTUDISC_DO: never fragment locally
             s.bind((str(addresses.cip(family, 0, 1)), 46000))
             s.connect((str(vip), VPORTS[Proto.UDP]))
             s.send(b"x" * (1500 - (28 if v4 else 48)))  # exactly the link MTU
-            wait_until(lambda: s.getsockopt(level, mtu_opt) < 1500, 5,
-                       "the client to learn the tunnel's MTU")
+            wait_until(
+                lambda: s.getsockopt(level, mtu_opt) < 1500,
+                5,
+                "the client to learn the tunnel's MTU",
+            )
             assert s.getsockopt(level, mtu_opt) == (1480 if v4 else 1460)
         stats = director.stats()
     assert stats.get("too-big") == 1, stats

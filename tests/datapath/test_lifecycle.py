@@ -34,9 +34,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def _rules(net: Net) -> list[tuple[object, ...]]:
     with net.director.ipr() as ipr:
         return sorted(
-            (fam, r.get("priority") or 0, r.get("table"), r.get_attr("FRA_IIFNAME"),
-             r.get_attr("FRA_DST"), r.get_attr("FRA_SRC"))
-            for fam in (socket.AF_INET, socket.AF_INET6) for r in ipr.get_rules(family=fam))
+            (
+                fam,
+                r.get("priority") or 0,
+                r.get("table"),
+                r.get_attr("FRA_IIFNAME"),
+                r.get_attr("FRA_DST"),
+                r.get_attr("FRA_SRC"),
+            )
+            for fam in (socket.AF_INET, socket.AF_INET6)
+            for r in ipr.get_rules(family=fam)
+        )
 
 
 def _links(net: Net) -> list[str]:
@@ -83,8 +91,10 @@ def test_stop_leaves_nothing(net: Net) -> None:
 
 def test_a_failing_test_leaves_nothing(net: Net) -> None:
     rules, links = _rules(net), _links(net)
-    with pytest.raises(AssertionError, match="the test failed"), \
-            ReferenceDatapath().install(net, persistent(IPV4, Fwd.DR)) as director:
+    with (
+        pytest.raises(AssertionError, match="the test failed"),
+        ReferenceDatapath().install(net, persistent(IPV4, Fwd.DR)) as director,
+    ):
         pid, start = director.pid, runs.proc_start_time(director.pid)
         raise AssertionError("the test failed")
     assert start is not None
@@ -115,7 +125,7 @@ def test_bad_config_fails_fast_with_one_line(net: Net) -> None:
     assert leftovers(net.director.netns, config) == []
 
 
-_CHILD = textwrap.dedent('''
+_CHILD = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
     sys.path.insert(0, {root!r})
@@ -137,7 +147,7 @@ _CHILD = textwrap.dedent('''
 
     if __name__ == "__main__":
         {name}()
-''')
+""")
 
 
 def _spawn(tmp_path: Path, argv_tail: list[str], name: str) -> tuple[subprocess.Popen[bytes], dict]:
@@ -145,11 +155,19 @@ def _spawn(tmp_path: Path, argv_tail: list[str], name: str) -> tuple[subprocess.
     script.write_text(_CHILD.format(root=str(ROOT), name=name))
     state = tmp_path / "state.json"
     env = dict(os.environ, H6_STATE=str(state), PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, *argv_tail, str(script)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, *argv_tail, str(script)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait_until(lambda: state.exists() and state.stat().st_size > 0 or proc.poll() is not None,
-                   60, "the child to start its datapath")
+        wait_until(
+            lambda: state.exists() and state.stat().st_size > 0 or proc.poll() is not None,
+            60,
+            "the child to start its datapath",
+        )
     except BaseException:
         proc.kill()
         raise
@@ -161,8 +179,11 @@ def _spawn(tmp_path: Path, argv_tail: list[str], name: str) -> tuple[subprocess.
 
 def test_interrupted_pytest_leaves_nothing(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT) on a pytest run: teardown stops the datapath, namespaces go."""
-    proc, state = _spawn(tmp_path, ["-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                    "--rootdir", str(tmp_path)], "test_wait_in_datapath")
+    proc, state = _spawn(
+        tmp_path,
+        ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)],
+        "test_wait_in_datapath",
+    )
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode in (1, 2), out.decode()  # interrupted (2) or failed by interrupt
@@ -176,8 +197,11 @@ def test_killed_harness_takes_the_datapath_along(tmp_path: Path) -> None:
     proc, state = _spawn(tmp_path, [], "main")
     proc.kill()
     proc.wait(timeout=30)
-    wait_until(lambda: not runs.is_alive(state["pid"], state["start"]), 10,
-               f"datapath pid {state['pid']} to die with its parent")
+    wait_until(
+        lambda: not runs.is_alive(state["pid"], state["start"]),
+        10,
+        f"datapath pid {state['pid']} to die with its parent",
+    )
     runs.sweep()
     remaining = set(runs.list_netns()) & set(state["netns"])
     assert not remaining, remaining

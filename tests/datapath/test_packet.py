@@ -43,8 +43,9 @@ def _l4(proto: str, sport: int, dport: int) -> ScapyPacket:
         return TCP(sport=sport, dport=dport, flags="S", seq=1000) / Raw(b"x" * 33)
     if proto == "udp":
         return UDP(sport=sport, dport=dport) / Raw(b"INVITE sip:a@b SIP/2.0\r\n")
-    return SCTP(sport=sport, dport=dport) / SCTPChunkInit(init_tag=7, n_in_streams=1,
-                                                          n_out_streams=1)
+    return SCTP(sport=sport, dport=dport) / SCTPChunkInit(
+        init_tag=7, n_in_streams=1, n_out_streams=1
+    )
 
 
 def _verify(raw: bytes, family: str) -> ScapyPacket:
@@ -73,9 +74,18 @@ def test_parse_gives_the_flow(family: str, proto: str) -> None:
     assert flow.payload == (b"INVITE sip:a@b SIP/2.0\r\n" if proto == "udp" else b"")
 
 
-@pytest.mark.parametrize(("flags", "kind"), [("S", "syn"), ("SA", "synack"), ("A", "ack"),
-                                             ("FA", "fin"), ("R", "rst"), ("RA", "rst"),
-                                             ("PA", "ack")])
+@pytest.mark.parametrize(
+    ("flags", "kind"),
+    [
+        ("S", "syn"),
+        ("SA", "synack"),
+        ("A", "ack"),
+        ("FA", "fin"),
+        ("R", "rst"),
+        ("RA", "rst"),
+        ("PA", "ack"),
+    ],
+)
 def test_tcp_kinds(flags: str, kind: str) -> None:
     pkt = parse(bytes(IP(src=CIP4, dst=VIP4) / TCP(sport=1, dport=2, flags=flags)))
     assert pkt.kind == kind
@@ -95,8 +105,9 @@ def test_ipv6_extension_headers_are_walked() -> None:
 
 def test_non_first_fragments_are_not_schedulable() -> None:
     v4 = parse(bytes(IP(src=CIP4, dst=VIP4, frag=10, proto=6) / Raw(b"y" * 40)))
-    v6 = parse(bytes(IPv6(src=CIP6, dst=VIP6) / IPv6ExtHdrFragment(offset=3, nh=6)
-                     / Raw(b"y" * 40)))
+    v6 = parse(
+        bytes(IPv6(src=CIP6, dst=VIP6) / IPv6ExtHdrFragment(offset=3, nh=6) / Raw(b"y" * 40))
+    )
     assert not v4.schedulable and not v6.schedulable
     first = parse(bytes(IP(src=CIP4, dst=VIP4, flags="MF") / TCP(sport=1, dport=2)))
     assert first.schedulable and first.fragmented
@@ -188,17 +199,24 @@ _PORT = st.integers(1, 65535)
 
 
 @settings(max_examples=150, deadline=None)
-@given(v6=st.booleans(), proto=st.sampled_from(["tcp", "udp", "sctp"]), data=st.data(),
-       payload=st.binary(max_size=300))
-def test_nat_rewrite_checksums_hold_for_any_fields(v6: bool, proto: str, data: st.DataObject,
-                                                    payload: bytes) -> None:
+@given(
+    v6=st.booleans(),
+    proto=st.sampled_from(["tcp", "udp", "sctp"]),
+    data=st.data(),
+    payload=st.binary(max_size=300),
+)
+def test_nat_rewrite_checksums_hold_for_any_fields(
+    v6: bool, proto: str, data: st.DataObject, payload: bytes
+) -> None:
     addr = _V6 if v6 else _V4
     src, dst, new = data.draw(addr), data.draw(addr), data.draw(addr)
     sport, dport, new_port = data.draw(_PORT), data.draw(_PORT), data.draw(_PORT)
     ip = IPv6(src=src, dst=dst) if v6 else IP(src=src, dst=dst)
-    l4 = {"tcp": TCP(sport=sport, dport=dport, flags="PA") / Raw(payload),
-          "udp": UDP(sport=sport, dport=dport) / Raw(payload),
-          "sctp": SCTP(sport=sport, dport=dport) / SCTPChunkData(data=payload or b"d")}[proto]
+    l4 = {
+        "tcp": TCP(sport=sport, dport=dport, flags="PA") / Raw(payload),
+        "udp": UDP(sport=sport, dport=dport) / Raw(payload),
+        "sctp": SCTP(sport=sport, dport=dport) / SCTPChunkData(data=payload or b"d"),
+    }[proto]
     pkt = parse(bytes(ip / l4))
     rewrite_dst(pkt, ipaddress.ip_address(new), new_port)
     out = _verify(bytes(pkt.data), "6" if v6 else "4")

@@ -28,8 +28,19 @@ from harness.topology import Net
 pytestmark = pytest.mark.netns
 
 CHILD_TIMEOUT = 120.0
-PYTEST_CHILD = [sys.executable, "-m", "pytest", "-p", "no:lvsconf", "-p", "harness.fixtures",
-                "-p", "no:cacheprovider", "-q", "-s"]
+PYTEST_CHILD = [
+    sys.executable,
+    "-m",
+    "pytest",
+    "-p",
+    "no:lvsconf",
+    "-p",
+    "harness.fixtures",
+    "-p",
+    "no:cacheprovider",
+    "-q",
+    "-s",
+]
 
 
 def read_until(proc: subprocess.Popen[str], word: str, timeout: float = 30.0) -> str:
@@ -100,12 +111,18 @@ def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
     return {**os.environ, "LVSCONF_STATE_DIR": str(state)}
 
 
-def start_mid_build_child(tmp_path: Path, env: dict[str, str] | None = None
-                          ) -> tuple[subprocess.Popen[str], str, int, int]:
+def start_mid_build_child(
+    tmp_path: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], str, int, int]:
     script = tmp_path / "mid_build_child.py"
     script.write_text(MID_BUILD_CHILD)
-    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     _, pid, start = read_until(proc, "SLEEPER").split()
     prefix = read_until(proc, "MID").split()[1]
     assert [n for n in runs.list_netns() if n.startswith(prefix)], "child built nothing"
@@ -157,16 +174,19 @@ def test_signal_during_build_leaves_nothing(tmp_path: Path, sig: signal.Signals)
 def test_sigterm_during_a_pytest_case_tears_fixtures_down(tmp_path: Path) -> None:
     """SIGTERM to a pytest session while a case holds ``net``: the fixtures' SIGTERM handler
     turns it into KeyboardInterrupt and pytest still tears the topology and the run down."""
-    (tmp_path / "test_parked.py").write_text(textwrap.dedent("""
+    (tmp_path / "test_parked.py").write_text(
+        textwrap.dedent("""
         import time
         def test_parked(net):
             print("MID", net.run.prefix, flush=True)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:  # parked until the parent's SIGTERM
                 time.sleep(0.05)
-    """))
-    proc = subprocess.Popen([*PYTEST_CHILD, str(tmp_path)], cwd=tmp_path,
-                            stdout=subprocess.PIPE, text=True)
+    """)
+    )
+    proc = subprocess.Popen(
+        [*PYTEST_CHILD, str(tmp_path)], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
     prefix = read_until(proc, "MID").split()[1]
     assert leftovers(prefix)
     proc.send_signal(signal.SIGTERM)
@@ -182,18 +202,25 @@ def host_snapshot() -> dict[str, Any]:
     """The host namespace state a run must not change: links, routes, nftables, net.ipv4."""
     with IPRoute() as ipr:
         links = sorted(
-            (link.get("ifname"), link["index"], link["flags"], link.get("address"),
-             link.get("mtu"))
+            (link.get("ifname"), link["index"], link["flags"], link.get("address"), link.get("mtu"))
             for link in ipr.link("dump")
         )
         routes = sorted(
-            (r["family"], r.get("table"), r["dst_len"], str(r.get("dst")),
-             str(r.get("gateway")), r.get("oif"), r["type"])
+            (
+                r["family"],
+                r.get("table"),
+                r["dst_len"],
+                str(r.get("dst")),
+                str(r.get("gateway")),
+                r.get("oif"),
+                r["type"],
+            )
             for fam in (socket.AF_INET, socket.AF_INET6)
             for r in ipr.route("dump", family=fam)
         )
-    ruleset = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
-                             timeout=30, check=True).stdout
+    ruleset = subprocess.run(
+        ["nft", "list", "ruleset"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
     sysctls = {}
     for root, _dirs, files in os.walk("/proc/sys/net/ipv4"):
         for name in files:
@@ -242,12 +269,23 @@ def observed_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     out = tmp / "out.json"
     before = host_snapshot()
     t0 = time.monotonic()
-    proc = subprocess.run([*PYTEST_CHILD, str(tmp)], cwd=tmp, capture_output=True, text=True,
-                          timeout=CHILD_TIMEOUT, env={**os.environ, "H3_OUT": str(out)})
+    proc = subprocess.run(
+        [*PYTEST_CHILD, str(tmp)],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+        env={**os.environ, "H3_OUT": str(out)},
+    )
     took = time.monotonic() - t0
     after = host_snapshot()
-    return {"proc": proc, "before": before, "after": after, "took": took,
-            **json.loads(out.read_text())}
+    return {
+        "proc": proc,
+        "before": before,
+        "after": after,
+        "took": took,
+        **json.loads(out.read_text()),
+    }
 
 
 def test_after_a_session_nothing_of_the_run_remains(observed_session: dict[str, Any]) -> None:
@@ -260,8 +298,9 @@ def test_after_a_session_nothing_of_the_run_remains(observed_session: dict[str, 
 
 
 @pytest.mark.parametrize("part", ["links", "routes", "nftables", "sysctls"])
-def test_host_namespace_is_unchanged_by_a_session(observed_session: dict[str, Any],
-                                                    part: str) -> None:
+def test_host_namespace_is_unchanged_by_a_session(
+    observed_session: dict[str, Any], part: str
+) -> None:
     assert observed_session["after"][part] == observed_session["before"][part]
 
 
@@ -296,9 +335,14 @@ def test_xdist_workers_build_at_once_without_collisions(tmp_path: Path) -> None:
     (tmp_path / "test_parallel.py").write_text(PARALLEL_TEST)
     sync = tmp_path / "sync"
     sync.mkdir()
-    proc = subprocess.run([*PYTEST_CHILD, "-n", "2", "--dist", "each", str(tmp_path)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=CHILD_TIMEOUT,
-                          env={**os.environ, "H3_SYNC": str(sync)})
+    proc = subprocess.run(
+        [*PYTEST_CHILD, "-n", "2", "--dist", "each", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+        env={**os.environ, "H3_SYNC": str(sync)},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     seen = {p.stem: json.loads(p.read_text()) for p in sync.glob("gw*.json")}
     assert set(seen) == {"gw0", "gw1"}
@@ -314,8 +358,13 @@ def test_cli_sweep_prints_what_it_removed(tmp_path: Path, private_state: dict[st
     names = [n for n in runs.list_netns() if n.startswith(prefix)]
     proc.kill()
     proc.wait(timeout=CHILD_TIMEOUT)
-    out = subprocess.run([sys.executable, "-m", "lvsconf.cli", "sweep"], capture_output=True,
-                         text=True, timeout=CHILD_TIMEOUT, env=private_state)
+    out = subprocess.run(
+        [sys.executable, "-m", "lvsconf.cli", "sweep"],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+        env=private_state,
+    )
     assert out.returncode == 0, out.stderr
     for name in names:
         assert f"removed namespace {name}" in out.stdout
@@ -326,8 +375,12 @@ def test_cli_sweep_prints_what_it_removed(tmp_path: Path, private_state: dict[st
 
 def test_sweep_kills_a_recorded_group_leader_with_its_whole_group() -> None:
     """A recorded VM (vng leading its own group, qemu under it) leaves no grandchild behind."""
-    leader = subprocess.Popen(["sh", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE,
-                              text=True, start_new_session=True)
+    leader = subprocess.Popen(
+        ["sh", "-c", "sleep 300 & echo $!; wait"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     assert leader.stdout is not None
     grandchild = int(leader.stdout.readline())
     start, gc_start = runs.proc_start_time(leader.pid), runs.proc_start_time(grandchild)

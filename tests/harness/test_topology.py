@@ -25,8 +25,9 @@ def _af(family: Family) -> int:
     return socket.AF_INET if family is IPV4 else socket.AF_INET6
 
 
-def udp_delivered(src_node: Node, src: IPAddress, dst_node: Node, dst: IPAddress,
-                  port: int = 9000) -> str:
+def udp_delivered(
+    src_node: Node, src: IPAddress, dst_node: Node, dst: IPAddress, port: int = 9000
+) -> str:
     """Send one datagram src -> dst; return the source address the receiver saw.
 
     Raises TimeoutError if nothing arrives within DEADLINE."""
@@ -109,13 +110,17 @@ def _neighbour_reply(net: Net, family: Family, target: IPAddress) -> bool:
     mac = net.director_mac()
     if family is IPV4:
         frame = Ether(dst="ff:ff:ff:ff:ff:ff", src=mac) / ARP(
-            op=1, hwsrc=mac, psrc=str(addresses.DIP[IPV4]), pdst=str(target))
+            op=1, hwsrc=mac, psrc=str(addresses.DIP[IPV4]), pdst=str(target)
+        )
     else:
         sn = in6_getnsma(inet_pton(socket.AF_INET6, str(target)))
         sn_addr = socket.inet_ntop(socket.AF_INET6, sn)
-        frame = Ether(dst=in6_getnsmac(sn), src=mac) / IPv6(
-            src=str(addresses.DIP[IPV6]), dst=sn_addr, hlim=255) / ICMPv6ND_NS(
-            tgt=str(target)) / ICMPv6NDOptSrcLLAddr(lladdr=mac)
+        frame = (
+            Ether(dst=in6_getnsmac(sn), src=mac)
+            / IPv6(src=str(addresses.DIP[IPV6]), dst=sn_addr, hlim=255)
+            / ICMPv6ND_NS(tgt=str(target))
+            / ICMPv6NDOptSrcLLAddr(lladdr=mac)
+        )
     with net.director.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as s:
         s.bind((net.director_bridge, 0))
         s.send(bytes(frame))
@@ -158,7 +163,8 @@ def test_renew_director_gives_an_empty_director_and_keeps_the_rest(fresh_net: Ne
     after = {n.role: _ns_inode(n) for n in net.nodes}
     assert after["director"] != before["director"]
     assert {k: v for k, v in after.items() if k != "director"} == {
-        k: v for k, v in before.items() if k != "director"}
+        k: v for k, v in before.items() if k != "director"
+    }
     assert net.director.read_sysctl(marker) == "0"
     for fam in FAMILIES:
         cip = addresses.cip(fam)
@@ -194,12 +200,15 @@ def test_teardown_runs_when_the_body_fails(lvs_run: runs.Run) -> None:
     assert not set(names) & set(runs.list_netns())
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"real_servers": 0}, "real_servers=0"),
-    ({"real_servers": 2, "fwd": (Fwd.DR,)}, "1 methods for 2 real servers"),
-    ({"fwd": "dr"}, "give a Fwd"),
-    ({"families": ()}, "families"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"real_servers": 0}, "real_servers=0"),
+        ({"real_servers": 2, "fwd": (Fwd.DR,)}, "1 methods for 2 real servers"),
+        ({"fwd": "dr"}, "give a Fwd"),
+        ({"families": ()}, "families"),
+    ],
+)
 def test_bad_topology_is_one_clear_error(kwargs: dict[str, object], words: str) -> None:
     with pytest.raises(TopologyError, match=words):
         Topology(**kwargs)  # type: ignore[arg-type]
@@ -254,15 +263,20 @@ def test_tun_real_server_decapsulates(net: Net, family: Family) -> None:
     from scapy.layers.inet6 import IPv6
 
     if not net.decap[0]:
-        pytest.skip(net.features.missing("ipip" if family is IPV4 else "ip6tnl")
-                    or "real server has no decapsulation device")
+        pytest.skip(
+            net.features.missing("ipip" if family is IPV4 else "ip6tnl")
+            or "real server has no decapsulation device"
+        )
     vip, cip, rip = net.vips(family)[0], addresses.cip(family), addresses.rip(family, 0)
-    inner_ip = IP(src=str(cip), dst=str(vip)) if family is IPV4 else IPv6(src=str(cip),
-                                                                           dst=str(vip))
+    inner_ip = (
+        IP(src=str(cip), dst=str(vip)) if family is IPV4 else IPv6(src=str(cip), dst=str(vip))
+    )
     inner = bytes(inner_ip / UDP(sport=40000, dport=9000) / b"tun")
     af, proto = (socket.AF_INET, 4) if family is IPV4 else (socket.AF_INET6, 41)
-    with net.rs[0].socket(af, socket.SOCK_DGRAM) as rx, \
-            net.director.socket(af, socket.SOCK_RAW, proto) as tx:
+    with (
+        net.rs[0].socket(af, socket.SOCK_DGRAM) as rx,
+        net.director.socket(af, socket.SOCK_RAW, proto) as tx,
+    ):
         rx.bind((str(vip), 9000))
         rx.settimeout(DEADLINE)
         tx.sendto(inner, (str(rip), 0))

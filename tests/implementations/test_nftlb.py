@@ -51,15 +51,21 @@ from impl.types import (
 
 V4_KEY = ServiceKey(IPV4, Proto.TCP, addresses.vip(IPV4, 0), 80)
 V6_KEY = ServiceKey(IPV6, Proto.UDP, addresses.vip(IPV6, 1), 53)
-LINKS = Links("d0", "br0", "02:00:00:00:00:01",
-              {addresses.rip(f, i): f"02:00:00:00:01:{i:02x}" for f in (IPV4, IPV6)
-               for i in range(3)})
+LINKS = Links(
+    "d0",
+    "br0",
+    "02:00:00:00:00:01",
+    {addresses.rip(f, i): f"02:00:00:00:01:{i:02x}" for f in (IPV4, IPV6) for i in range(3)},
+)
 
 
-def _dests(family: object = IPV4, fwd: Fwd = Fwd.DR, port: int = 0,
-           weights: tuple[int, ...] = (1, 1, 1)) -> tuple[Dest, ...]:
-    return tuple(Dest(addresses.rip(family, i), port, weight=w, fwd=fwd)  # type: ignore[arg-type]
-                 for i, w in enumerate(weights))
+def _dests(
+    family: object = IPV4, fwd: Fwd = Fwd.DR, port: int = 0, weights: tuple[int, ...] = (1, 1, 1)
+) -> tuple[Dest, ...]:
+    return tuple(
+        Dest(addresses.rip(family, i), port, weight=w, fwd=fwd)  # type: ignore[arg-type]
+        for i, w in enumerate(weights)
+    )
 
 
 def _scenario(*configs: ServiceConfig, steps: tuple[object, ...] = (), **kw: object) -> Scenario:
@@ -71,19 +77,40 @@ def _scenario(*configs: ServiceConfig, steps: tuple[object, ...] = (), **kw: obj
 
 def test_persistent_dr_service_is_a_dsr_farm_with_srcip_persistence() -> None:
     farm = farm_json("lvs0", Service(V4_KEY, "rr", timeout=120), _dests(), LINKS)
-    assert {k: farm[k] for k in ("family", "virtual-addr", "virtual-ports", "protocol", "mode",
-                                 "scheduler", "persistence", "persist-ttl")} == {
-        "family": "ipv4", "virtual-addr": "198.19.0.1", "virtual-ports": "80",
-        "protocol": "tcp", "mode": "dsr", "scheduler": "rr", "persistence": "srcip",
-        "persist-ttl": "120"}
-    assert (farm["iface"], farm["oface"], farm["ether-addr"]) == ("d0", "br0",
-                                                                 "02:00:00:00:00:01")
+    assert {
+        k: farm[k]
+        for k in (
+            "family",
+            "virtual-addr",
+            "virtual-ports",
+            "protocol",
+            "mode",
+            "scheduler",
+            "persistence",
+            "persist-ttl",
+        )
+    } == {
+        "family": "ipv4",
+        "virtual-addr": "198.19.0.1",
+        "virtual-ports": "80",
+        "protocol": "tcp",
+        "mode": "dsr",
+        "scheduler": "rr",
+        "persistence": "srcip",
+        "persist-ttl": "120",
+    }
+    assert (farm["iface"], farm["oface"], farm["ether-addr"]) == ("d0", "br0", "02:00:00:00:00:01")
     # backends newest first (the IPVS list order rr walks), each with its real server's MAC
-    assert [b["ip-addr"] for b in farm["backends"]] == ["198.18.10.13", "198.18.10.12",
-                                                       "198.18.10.11"]
-    assert [b["ether-addr"] for b in farm["backends"]] == ["02:00:00:00:01:02",
-                                                          "02:00:00:00:01:01",
-                                                          "02:00:00:00:01:00"]
+    assert [b["ip-addr"] for b in farm["backends"]] == [
+        "198.18.10.13",
+        "198.18.10.12",
+        "198.18.10.11",
+    ]
+    assert [b["ether-addr"] for b in farm["backends"]] == [
+        "02:00:00:00:01:02",
+        "02:00:00:00:01:01",
+        "02:00:00:00:01:00",
+    ]
     # nftlb applies keys in order: backends after oface/ether-addr, or they stay config_error
     assert list(farm)[-1] == "backends"
 
@@ -98,8 +125,11 @@ def test_nat_service_is_a_dnat_farm_with_backend_ports_and_no_interfaces() -> No
 
 def test_ipv6_udp_service() -> None:
     farm = farm_json("lvs2", Service(V6_KEY, "rr", timeout=3), _dests(IPV6), LINKS)
-    assert (farm["family"], farm["protocol"], farm["virtual-addr"]) == ("ipv6", "udp",
-                                                                        "2001:db8:f::2")
+    assert (farm["family"], farm["protocol"], farm["virtual-addr"]) == (
+        "ipv6",
+        "udp",
+        "2001:db8:f::2",
+    )
 
 
 def test_wrr_carries_weights_and_rr_sends_weight_one() -> None:
@@ -130,8 +160,10 @@ def test_dr_dest_outside_the_topology_is_refused() -> None:
 
 
 def test_farm_mode_of_a_destless_service_comes_from_its_added_dests() -> None:
-    sc = _scenario(ServiceConfig(Service(V4_KEY, "rr", timeout=5)),
-                   steps=(AddDest(V4_KEY, _dests(fwd=Fwd.DR)[0]),))
+    sc = _scenario(
+        ServiceConfig(Service(V4_KEY, "rr", timeout=5)),
+        steps=(AddDest(V4_KEY, _dests(fwd=Fwd.DR)[0]),),
+    )
     assert farm_modes(sc) == {V4_KEY: Fwd.DR}
     assert farm_modes(_scenario(ServiceConfig(Service(V4_KEY)))) == {V4_KEY: Fwd.NAT}
 
@@ -147,32 +179,55 @@ def _svc(**kw: object) -> ServiceConfig:
 FWM = ServiceKey(IPV4, Proto.TCP, None, 0, fwmark=3)
 
 
-@pytest.mark.parametrize(("scenario", "needle"), [
-    (_scenario(ServiceConfig(Service(FWM, timeout=5), _dests())), "fwmark service"),
-    (_scenario(_svc(), fwmark_rules=(FwmarkRule(1, IPV4, ipaddress.ip_network(
-        "198.19.0.1/32")),)), "fwmark rules"),
-    (_scenario(_svc(key=ServiceKey(IPV4, Proto.TCP, addresses.vip(IPV4, 0), 0), timeout=5)),
-     "port-zero"),
-    (_scenario(_svc(key=ServiceKey(IPV4, Proto.TCP, addresses.vip(IPV4, 0), 21), timeout=5)),
-     "FTP"),
-    (_scenario(_svc(timeout=5, netmask=0xFFFFFF00)), "netmask"),
-    (_scenario(_svc(ops=True)), "one-packet"),
-    (_scenario(_svc(pe="sip", timeout=5)), "persistence engine sip"),
-    (_scenario(_svc(scheduler="lc")), "scheduler lc"),
-    (_scenario(_svc(), sysctls=Sysctls(sloppy_tcp=1)), "sysctls"),
-    (_scenario(_svc(), timeouts=ProtoTimeouts(tcpfin=1)), "protocol timeouts"),
-    (_scenario(_svc(), steps=(EditService(Service(V4_KEY, "wrr")),)), "EditService"),
-    (_scenario(_svc(), steps=(SetSysctl("expire_nodest_conn", 1),)), "sysctl expire_nodest"),
-    (_scenario(ServiceConfig(Service(V4_KEY), (Dest(addresses.rip(IPV4, 0),
-                                                    u_threshold=2),))), "thresholds"),
-    (_scenario(ServiceConfig(Service(V4_KEY), _dests(fwd=Fwd.TUN))), "forwarding tun"),
-    (_scenario(ServiceConfig(Service(V4_KEY), _dests(fwd=Fwd.NAT)),
-               steps=(AddDest(V4_KEY, Dest(addresses.rip(IPV4, 2), 1, fwd=Fwd.DR)),)),
-     "mixes forwarding methods"),
-    (_scenario(ServiceConfig(Service(V4_KEY), _dests(fwd=Fwd.NAT)),
-               steps=(EditDest(V4_KEY, Dest(addresses.rip(IPV4, 0), weight=0,
-                                            fwd=Fwd.NAT)),)), "weight 0 on a NAT dest"),
-])
+@pytest.mark.parametrize(
+    ("scenario", "needle"),
+    [
+        (_scenario(ServiceConfig(Service(FWM, timeout=5), _dests())), "fwmark service"),
+        (
+            _scenario(
+                _svc(), fwmark_rules=(FwmarkRule(1, IPV4, ipaddress.ip_network("198.19.0.1/32")),)
+            ),
+            "fwmark rules",
+        ),
+        (
+            _scenario(_svc(key=ServiceKey(IPV4, Proto.TCP, addresses.vip(IPV4, 0), 0), timeout=5)),
+            "port-zero",
+        ),
+        (
+            _scenario(_svc(key=ServiceKey(IPV4, Proto.TCP, addresses.vip(IPV4, 0), 21), timeout=5)),
+            "FTP",
+        ),
+        (_scenario(_svc(timeout=5, netmask=0xFFFFFF00)), "netmask"),
+        (_scenario(_svc(ops=True)), "one-packet"),
+        (_scenario(_svc(pe="sip", timeout=5)), "persistence engine sip"),
+        (_scenario(_svc(scheduler="lc")), "scheduler lc"),
+        (_scenario(_svc(), sysctls=Sysctls(sloppy_tcp=1)), "sysctls"),
+        (_scenario(_svc(), timeouts=ProtoTimeouts(tcpfin=1)), "protocol timeouts"),
+        (_scenario(_svc(), steps=(EditService(Service(V4_KEY, "wrr")),)), "EditService"),
+        (_scenario(_svc(), steps=(SetSysctl("expire_nodest_conn", 1),)), "sysctl expire_nodest"),
+        (
+            _scenario(
+                ServiceConfig(Service(V4_KEY), (Dest(addresses.rip(IPV4, 0), u_threshold=2),))
+            ),
+            "thresholds",
+        ),
+        (_scenario(ServiceConfig(Service(V4_KEY), _dests(fwd=Fwd.TUN))), "forwarding tun"),
+        (
+            _scenario(
+                ServiceConfig(Service(V4_KEY), _dests(fwd=Fwd.NAT)),
+                steps=(AddDest(V4_KEY, Dest(addresses.rip(IPV4, 2), 1, fwd=Fwd.DR)),),
+            ),
+            "mixes forwarding methods",
+        ),
+        (
+            _scenario(
+                ServiceConfig(Service(V4_KEY), _dests(fwd=Fwd.NAT)),
+                steps=(EditDest(V4_KEY, Dest(addresses.rip(IPV4, 0), weight=0, fwd=Fwd.NAT)),),
+            ),
+            "weight 0 on a NAT dest",
+        ),
+    ],
+)
 def test_unsupported_names_the_feature_in_one_line(scenario: Scenario, needle: str) -> None:
     reason = Nftlb().unsupported(scenario)
     assert reason is not None and needle in reason and "\n" not in reason
@@ -182,8 +237,10 @@ def test_what_nftlb_expresses_is_supported() -> None:
     sc = _scenario(
         ServiceConfig(Service(V4_KEY, "rr", timeout=60), _dests()),
         ServiceConfig(Service(V6_KEY, "wrr"), _dests(IPV6, Fwd.NAT, weights=(1, 0, 2))[:1]),
-        steps=(AddDest(V4_KEY, Dest(addresses.rip(IPV4, 2), weight=0)),
-               Send((Flow(Proto.TCP, addresses.cip(IPV4), 40000, addresses.vip(IPV4), 80),))),
+        steps=(
+            AddDest(V4_KEY, Dest(addresses.rip(IPV4, 2), weight=0)),
+            Send((Flow(Proto.TCP, addresses.cip(IPV4), 40000, addresses.vip(IPV4), 80),)),
+        ),
     )
     assert unsupported_reason(sc) is None
 
@@ -201,8 +258,19 @@ def test_missing_binary_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_command_line_binds_the_api_to_loopback_with_the_key() -> None:
     cmd = nftlb.command("/usr/sbin/nftlb", "k3y")
-    assert cmd == ["/usr/sbin/nftlb", "-k", "k3y", "-H", "127.0.0.1", "-P", "5555", "-L", "2",
-                   "-l", "7"]
+    assert cmd == [
+        "/usr/sbin/nftlb",
+        "-k",
+        "k3y",
+        "-H",
+        "127.0.0.1",
+        "-P",
+        "5555",
+        "-L",
+        "2",
+        "-l",
+        "7",
+    ]
     assert "-d" not in cmd  # foreground: the pid we hold is the daemon's
 
 
@@ -224,8 +292,11 @@ def test_persistent_dnat_farm_keeps_each_client_on_one_real_server(net: Net) -> 
     dests = tuple(Dest(addresses.rip(IPV4, i), 8080, fwd=Fwd.NAT) for i in range(3))
     scenario = _scenario(ServiceConfig(Service(key, "rr", timeout=60), dests))
     clients = [addresses.cip(IPV4, 0, h) for h in (1, 2, 3)]
-    flows = [Flow(Proto.TCP, c, 41000 + 10 * n + j, key.vaddr, 80)  # type: ignore[arg-type]
-             for j in range(3) for n, c in enumerate(clients)]
+    flows = [
+        Flow(Proto.TCP, c, 41000 + 10 * n + j, key.vaddr, 80)  # type: ignore[arg-type]
+        for j in range(3)
+        for n, c in enumerate(clients)
+    ]
     with Nftlb().install(net, scenario) as handle:
         pid = handle.pid
         assert nftlb.leftovers(net.director.netns) == ["ip nftlb"]  # in the director's ruleset
@@ -234,8 +305,7 @@ def test_persistent_dnat_farm_keeps_each_client_on_one_real_server(net: Net) -> 
     servers: dict[object, set[int | None]] = defaultdict(set)
     for r in results:
         assert r.outcome.kind == "forward", f"{r} was not balanced"
-        assert (str(r.outcome.addr), r.outcome.port) == (str(dests[r.outcome.rs or 0].addr),
-                                                         8080)
+        assert (str(r.outcome.addr), r.outcome.port) == (str(dests[r.outcome.rs or 0].addr), 8080)
         servers[r.flow.saddr].add(r.outcome.rs)
     assert all(len(s) == 1 for s in servers.values()), f"a client moved: {dict(servers)}"
     assert len({next(iter(s)) for s in servers.values()}) == 3, "rr spreads the three clients"
@@ -270,8 +340,10 @@ def test_dsr_farm_follows_dest_edits_and_leaves_the_vips_on_lo(net: Net) -> None
     before = _lo_addresses(net)
     with Nftlb().install(net, scenario) as handle:
         assert _lo_addresses(net) == before
-        first = send(net, [Flow(Proto.TCP, client, 42001, vaddr, 80),
-                           Flow(Proto.TCP, client, 42002, vaddr, 80)])
+        first = send(
+            net,
+            [Flow(Proto.TCP, client, 42001, vaddr, 80), Flow(Proto.TCP, client, 42002, vaddr, 80)],
+        )
         assert {r.outcome.kind for r in first} == {"forward"}
         rs = first[0].outcome.rs
         assert rs is not None and first[1].outcome.rs == rs

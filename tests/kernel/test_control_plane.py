@@ -62,10 +62,14 @@ SERVICES = [
     Service(ServiceKey(IPV4, Proto.SCTP, vip(IPV4, 2), 38412), "sh", sched_flags=SvcFlag.SCHED1),
     Service(ServiceKey(IPV4, Proto.TCP, vip(IPV4, 3), 0), "lc", timeout=20),  # port zero
     Service(ServiceKey(IPV4, fwmark=3), "rr", timeout=30, netmask=0xFFFF0000),
-    Service(ServiceKey(IPV6, Proto.TCP, vip(IPV6, 0), 443), "mh", timeout=120, netmask=64,
-            sched_flags=SvcFlag.SCHED2),
-    Service(ServiceKey(IPV6, Proto.UDP, vip(IPV6, 1), 5060), "rr", timeout=90, pe="sip",
-            ops=True),
+    Service(
+        ServiceKey(IPV6, Proto.TCP, vip(IPV6, 0), 443),
+        "mh",
+        timeout=120,
+        netmask=64,
+        sched_flags=SvcFlag.SCHED2,
+    ),
+    Service(ServiceKey(IPV6, Proto.UDP, vip(IPV6, 1), 5060), "rr", timeout=90, pe="sip", ops=True),
     Service(ServiceKey(IPV6, fwmark=7), "wlc", timeout=15, netmask=48),
     Service(ServiceKey(IPV6, Proto.SCTP, vip(IPV6, 2), 9), "rr"),  # not persistent
 ]
@@ -81,9 +85,7 @@ def _dests(svc: Service) -> tuple[Dest, ...]:
 
 
 def test_every_service_kind_and_dest_option_round_trips(director_ns: str) -> None:
-    scenario = Scenario(
-        "control-plane", tuple(ServiceConfig(s, _dests(s)) for s in SERVICES), ()
-    )
+    scenario = Scenario("control-plane", tuple(ServiceConfig(s, _dests(s)) for s in SERVICES), ())
     with configure(director_ns, scenario) as director:
         for svc in SERVICES:
             got = director.dump_service(svc.key)
@@ -92,12 +94,18 @@ def test_every_service_kind_and_dest_option_round_trips(director_ns: str) -> Non
             assert got["timeout"] == (svc.timeout or 0), svc.key
             assert decode_netmask(svc.family, got["netmask"]) == svc.mask, svc.key
             assert (got.get("pe_name") or None) == svc.pe, svc.key
-            dests = {(ipaddress.ip_address(d["addr"]), d["port"]): d
-                     for d in director.dump_dests(svc.key)}
+            dests = {
+                (ipaddress.ip_address(d["addr"]), d["port"]): d
+                for d in director.dump_dests(svc.key)
+            }
             for want in _dests(svc):
                 d = dests[(want.addr, want.port)]
                 assert (int(d["fwd_method"]) & 7, d["weight"], d["u_thresh"], d["l_thresh"]) == (
-                    want.fwd.kernel, want.weight, want.u_threshold, want.l_threshold), want
+                    want.fwd.kernel,
+                    want.weight,
+                    want.u_threshold,
+                    want.l_threshold,
+                ), want
             text = _proc_ip_vs(director_ns)
     # /proc/net/ip_vs, independently of netlink: "persistent <jiffies> <ntohl(netmask) %08X>"
     tcp = _persistence(text, "TCP  C6130001:0050 rr ")
@@ -125,8 +133,11 @@ def test_ipv6_prefix_length_reaches_the_kernel_as_a_prefix(director_ns: str) -> 
         got = director.dump_service(svc.key)
         text = _proc_ip_vs(director_ns)
     assert decode_netmask(IPV6, got["netmask"]) == 64
-    line = next(ln for ln in text.splitlines()
-                if ln.startswith("TCP  [2001:0db8:000f:0000:0000:0000:0000:0001]:0050 rr "))
+    line = next(
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("TCP  [2001:0db8:000f:0000:0000:0000:0000:0001]:0050 rr ")
+    )
     # the kernel stores the prefix length as a host-order u32 and prints ntohl() of it
     assert socket.htonl(int(line.split()[-1], 16)) == 64, line
 

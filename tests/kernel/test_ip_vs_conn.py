@@ -32,7 +32,13 @@ def test_captured_v4_v6_fwmark_and_pe_templates_parse() -> None:
 
     v4 = by_proto[(Proto.TCP, IPV4, "")]
     assert (str(v4.caddr), v4.cport, str(v4.vaddr), v4.vport, str(v4.daddr), v4.dport) == (
-        "10.0.1.0", 0, "10.0.0.100", 80, "10.0.2.2", 80)
+        "10.0.1.0",
+        0,
+        "10.0.0.100",
+        80,
+        "10.0.2.2",
+        80,
+    )
     assert v4.expires == 299 and v4.state == "NONE"
 
     fwm4 = by_proto[(Proto.IP, IPV4, "")]  # fwmark template: proto IP, vaddr 0.0.0.MARK

@@ -33,20 +33,28 @@ DEPENDS = "linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n"
 def test_auto_resolves_through_the_metapackage_never_a_pinned_name() -> None:
     run = _runner({("apt-cache", "depends", "linux-image-amd64"): (0, DEPENDS)})
     assert provision.package_for("auto", run) == "linux-image-6.1.0-56-amd64"
-    moved = _runner({("apt-cache", "depends", "linux-image-amd64"):
-                     (0, DEPENDS.replace("-56-", "-57-"))})
+    moved = _runner(
+        {("apt-cache", "depends", "linux-image-amd64"): (0, DEPENDS.replace("-56-", "-57-"))}
+    )
     assert provision.package_for("auto", moved) == "linux-image-6.1.0-57-amd64"
 
 
 def test_version_prefers_signed_then_unsigned_package() -> None:
     show = ("apt-cache", "show", "--no-all-versions")
-    run = _runner({(*show, "linux-image-6.12.117+deb12-amd64-unsigned"): (0, "Package: x\n"),
-                   (*show, "linux-image-6.1.0-56-amd64"): (0, "Package: y\n")})
-    assert provision.package_for("6.12.117+deb12-amd64", run) == \
-        "linux-image-6.12.117+deb12-amd64-unsigned"
+    run = _runner(
+        {
+            (*show, "linux-image-6.12.117+deb12-amd64-unsigned"): (0, "Package: x\n"),
+            (*show, "linux-image-6.1.0-56-amd64"): (0, "Package: y\n"),
+        }
+    )
+    assert (
+        provision.package_for("6.12.117+deb12-amd64", run)
+        == "linux-image-6.12.117+deb12-amd64-unsigned"
+    )
     assert provision.package_for("6.1.0-56-amd64", run) == "linux-image-6.1.0-56-amd64"
-    assert provision.release_of("linux-image-6.12.117+deb12-amd64-unsigned") == \
-        "6.12.117+deb12-amd64"
+    assert (
+        provision.release_of("linux-image-6.12.117+deb12-amd64-unsigned") == "6.12.117+deb12-amd64"
+    )
 
 
 def test_unknown_version_is_one_line_that_says_how_to_list() -> None:
@@ -63,8 +71,7 @@ def test_lane_resolution() -> None:
     assert (default.kind, default.version) == ("vm", "auto")
     assert provision.resolve_lane("host", lambda: False).kind == "host"
     named = provision.resolve_lane("6.1.0-56-amd64", lambda: False)
-    assert (named.kind, named.version, named.label()) == ("vm", "6.1.0-56-amd64",
-                                                          "6.1.0-56-amd64")
+    assert (named.kind, named.version, named.label()) == ("vm", "6.1.0-56-amd64", "6.1.0-56-amd64")
     with pytest.raises(LaneError, match="expected host, auto"):
         provision.resolve_lane("bogus", lambda: True)
     with pytest.raises(LaneError, match="does not exist"):
@@ -87,8 +94,9 @@ def test_image_path_finds_modules_like_vng_and_checks_them(tmp_path: Path) -> No
     lane = provision.resolve_lane(str(image), lambda: False)
     assert lane.tree is not None and lane.tree.release == "6.9.9-test"
     assert lane.tree.root == tmp_path / "k"
-    partial = _fake_tree(tmp_path / "p", "6.9.9-cloud",
-                         [m for m in provision.REQUIRED_MODULES if "9p" not in m])
+    partial = _fake_tree(
+        tmp_path / "p", "6.9.9-cloud", [m for m in provision.REQUIRED_MODULES if "9p" not in m]
+    )
     with pytest.raises(LaneError, match=r"lacks modules 9p, 9pnet_virtio.*-cloud has no 9p"):
         provision.resolve_lane(str(partial), lambda: False)
 
@@ -97,8 +105,13 @@ def test_image_path_finds_modules_like_vng_and_checks_them(tmp_path: Path) -> No
 
 
 def test_vng_command_line_carries_the_measured_fixes(tmp_path: Path) -> None:
-    run = vm.GuestRun(image=tmp_path / "vmlinuz-x", command="pytest -q", cwd=Path("/work/main"),
-                      rwdir=tmp_path, env={"LVSCONF_SLOWDOWN": "20", "X": "a b"})
+    run = vm.GuestRun(
+        image=tmp_path / "vmlinuz-x",
+        command="pytest -q",
+        cwd=Path("/work/main"),
+        rwdir=tmp_path,
+        env={"LVSCONF_SLOWDOWN": "20", "X": "a b"},
+    )
     argv = vm.vng_argv(run, Path("/venv/bin/vng"), Path("/shim"))
     assert argv[:3] == ["/venv/bin/vng", "--run", str(tmp_path / "vmlinuz-x")]
     assert "--disable-kvm" in argv and "--force-9p" in argv
@@ -107,14 +120,18 @@ def test_vng_command_line_carries_the_measured_fixes(tmp_path: Path) -> None:
     assert argv[argv.index("-a") + 1] == "PATH=/shim:/usr/sbin:/usr/bin:/sbin:/bin"
     script = argv[argv.index("--exec") + 1]
     assert script == "exec 2>&1; cd /work/main && export LVSCONF_SLOWDOWN=20 X='a b'; pytest -q"
-    kvm = vm.vng_argv(vm.GuestRun(run.image, run.command, run.cwd, run.rwdir, run.env,
-                                  accel="kvm"), Path("/v/vng"), Path("/s"))
+    kvm = vm.vng_argv(
+        vm.GuestRun(run.image, run.command, run.cwd, run.rwdir, run.env, accel="kvm"),
+        Path("/v/vng"),
+        Path("/s"),
+    )
     assert "--disable-kvm" not in kvm
     assert vm.host_env(Path("/venv/bin/vng"))["PATH"].startswith("/venv/bin:")
 
 
-def test_shim_is_busybox_only_and_executable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                             ) -> None:
+def test_shim_is_busybox_only_and_executable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LVSCONF_CACHE", str(tmp_path))
     d = vm.shim_dir()
     udevd = (d / "udevd").read_text()
@@ -156,7 +173,9 @@ def test_vm_lock_is_exclusive_and_says_it_waits(tmp_path: Path) -> None:
 def test_guest_pytest_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     opts = SimpleNamespace(markexpr="kernel", keyword="fwmark", timeout=30)
     config = SimpleNamespace(
-        option=opts, inipath=Path("/work/main/pyproject.toml"), rootpath=Path("/work/main"),
+        option=opts,
+        inipath=Path("/work/main/pyproject.toml"),
+        rootpath=Path("/work/main"),
         getoption=lambda name, default=None: {"--impl": "kernel"}.get(name, default),
     )
     args = pytest_lane.guest_pytest_args(config, tmp_path / "ids", tmp_path / "r.jsonl")  # type: ignore[arg-type]
@@ -185,15 +204,17 @@ def _lines(*recs: dict[str, object]) -> list[str]:
 
 
 def test_group_records_tolerates_a_line_cut_by_a_crash() -> None:
-    lines = _lines({"nodeid": "a", "when": "setup", "outcome": "passed"},
-                   {"nodeid": "a", "when": "call", "outcome": "passed"},
-                   {"nodeid": "a", "when": "teardown", "outcome": "passed"},
-                   {"nodeid": "b", "when": "setup", "outcome": "passed"}) + ['{"nodeid": "b", "wh']
+    lines = _lines(
+        {"nodeid": "a", "when": "setup", "outcome": "passed"},
+        {"nodeid": "a", "when": "call", "outcome": "passed"},
+        {"nodeid": "a", "when": "teardown", "outcome": "passed"},
+        {"nodeid": "b", "when": "setup", "outcome": "passed"},
+    ) + ['{"nodeid": "b", "wh']
     groups = pytest_lane.group_records(lines)
     assert pytest_lane.finished(groups["a"]) and not pytest_lane.finished(groups["b"])
 
 
-GUEST_SUITE = '''
+GUEST_SUITE = """
 import pytest
 
 def test_pass(record_property):
@@ -212,17 +233,19 @@ def test_xfail():
 @pytest.mark.xfail(strict=True, reason="fixed now")
 def test_xpass_strict():
     pass
-'''
+"""
 
 
-def test_guest_reports_replay_as_the_host_items_own(pytester: pytest.Pytester,
-                                                    tmp_path: Path) -> None:
+def test_guest_reports_replay_as_the_host_items_own(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
     """Run a suite with the recorder (as the guest does), then replay its records on fresh
     items (as the host does): outcomes, reasons, xfail semantics and properties survive."""
     pytester.makepyfile(test_guest=GUEST_SUITE)
     results = tmp_path / "results.jsonl"
-    guest = pytester.runpytest_inprocess("-p", "harness.lanes.pytest_lane",
-                                         "--lvs-guest-results", str(results), "--kernel", "host")
+    guest = pytester.runpytest_inprocess(
+        "-p", "harness.lanes.pytest_lane", "--lvs-guest-results", str(results), "--kernel", "host"
+    )
     guest.assert_outcomes(passed=1, failed=2, skipped=1, xfailed=1)
     groups = pytest_lane.group_records(results.read_text().splitlines())
     assert len(groups) == 5 and all(pytest_lane.finished(g) for g in groups.values())
@@ -232,8 +255,11 @@ def test_guest_reports_replay_as_the_host_items_own(pytester: pytest.Pytester,
     for item in items:
         reports = [pytest_lane.replay_report(item, r) for r in groups[item.nodeid]]
         replayed[item.name] = reports
-    call = {name: next(r for r in reps if r.when == "call") for name, reps in replayed.items()
-            if any(r.when == "call" for r in reps)}
+    call = {
+        name: next(r for r in reps if r.when == "call")
+        for name, reps in replayed.items()
+        if any(r.when == "call" for r in reps)
+    }
     assert call["test_pass"].passed and ("templates", 3) in call["test_pass"].user_properties
     assert call["test_fail"].failed and "guest says no" in call["test_fail"].longreprtext
     assert call["test_xfail"].skipped and call["test_xfail"].wasxfail == "known divergence"
@@ -245,20 +271,31 @@ def test_guest_reports_replay_as_the_host_items_own(pytester: pytest.Pytester,
 
 def test_guest_echo_hides_the_guests_failure_sections() -> None:
     echo = pytest_lane.GuestEcho()
-    lines = ["t.py::a FAILED [50%]", "===== FAILURES =====", "___ a ___", "E assert 1 == 2",
-             "===== short test summary info =====", "FAILED t.py::a", "===== 1 failed ====="]
+    lines = [
+        "t.py::a FAILED [50%]",
+        "===== FAILURES =====",
+        "___ a ___",
+        "E assert 1 == 2",
+        "===== short test summary info =====",
+        "FAILED t.py::a",
+        "===== 1 failed =====",
+    ]
     shown = [ln for ln in lines if echo.show(ln)]
-    assert shown == ["t.py::a FAILED [50%]", "===== short test summary info =====",
-                     "FAILED t.py::a", "===== 1 failed ====="]
+    assert shown == [
+        "t.py::a FAILED [50%]",
+        "===== short test summary info =====",
+        "FAILED t.py::a",
+        "===== 1 failed =====",
+    ]
 
 
-KERNEL_CASE = '''
+KERNEL_CASE = """
 import pytest
 
 @pytest.mark.kernel
 def test_needs_ipvs():
     pass
-'''
+"""
 
 
 @pytest.mark.skipif(provision.host_has_ipvs(), reason="this host kernel has IPVS")
@@ -270,7 +307,8 @@ def test_host_lane_without_ipvs_fails_each_kernel_case_with_one_line(
     result.assert_outcomes(errors=1)
     lines = [ln for ln in result.outlines if "KernelLacksIPVS" in ln]
     assert lines and lines[0].startswith(
-        "KernelLacksIPVS: this kernel has no ip_vs (modprobe ip_vs:")
+        "KernelLacksIPVS: this kernel has no ip_vs (modprobe ip_vs:"
+    )
     assert lines[0].endswith("run with --kernel auto to boot a Debian kernel in a VM")
     assert "Traceback" not in result.stdout.str()
 
@@ -315,13 +353,14 @@ def fake_vng(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     exe.chmod(0o755)
     monkeypatch.setattr(vm, "vng_bin", lambda: exe)
     monkeypatch.setenv("LVSCONF_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(vm, "_record_owner", lambda _pid: (lambda: None))
+    monkeypatch.setattr(vm, "_record_owner", lambda _pid: lambda: None)
     return exe
 
 
 def _guest(tmp_path: Path, timeout: float = 30.0) -> vm.GuestRun:
-    return vm.GuestRun(image=tmp_path / "img", command="true", cwd=tmp_path,
-                       rwdir=tmp_path / "rw", timeout=timeout)
+    return vm.GuestRun(
+        image=tmp_path / "img", command="true", cwd=tmp_path, rwdir=tmp_path / "rw", timeout=timeout
+    )
 
 
 def test_run_guest_streams_stdout_keeps_console_apart_and_returns_status(
@@ -334,15 +373,17 @@ def test_run_guest_streams_stdout_keeps_console_apart_and_returns_status(
     assert "console line" in res.console_tail
 
 
-def test_run_guest_panic_keeps_the_console_tail(fake_vng: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_guest_panic_keeps_the_console_tail(
+    fake_vng: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LVSCONF_FAKE", "panic")
     res = vm.run_guest(_guest(tmp_path), lambda _l: None)
     assert res.rc == 255 and "Kernel panic" in res.console_tail
 
 
-def test_run_guest_timeout_kills_the_whole_process_group(fake_vng: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_guest_timeout_kills_the_whole_process_group(
+    fake_vng: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pids = tmp_path / "pids"
     monkeypatch.setenv("LVSCONF_FAKE", "hang")
     monkeypatch.setenv("LVSCONF_FAKE_PIDS", str(pids))
@@ -357,8 +398,10 @@ def test_run_guest_timeout_kills_the_whole_process_group(fake_vng: Path, tmp_pat
         if status == "Z":
             break
         vm.time.sleep(0.05)
-    assert not Path(f"/proc/{child}").exists() or \
-        Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+    assert (
+        not Path(f"/proc/{child}").exists()
+        or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+    )
 
 
 def test_cli_kernel_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -371,7 +414,7 @@ def test_cli_kernel_errors_are_one_line_and_exit_2(capsys: pytest.CaptureFixture
     assert "runs no VM" in capsys.readouterr().err
 
 
-FAKE_VM_LANE_CONFTEST = '''
+FAKE_VM_LANE_CONFTEST = """
 import pytest
 from harness.lanes import pytest_lane
 
@@ -386,7 +429,7 @@ def pytest_collection_finish(session):
     state = pytest_lane._state(session.config)
     state.lane = FakeVMLane()
     state.results = {}  # the guest "lost" every case: each is replayed as a failure
-'''
+"""
 
 
 def test_replayed_items_leave_the_setup_stack_as_pytest_would(pytester: pytest.Pytester) -> None:
@@ -409,6 +452,7 @@ def test_replayed_items_leave_the_setup_stack_as_pytest_would(pytester: pytest.P
         "    pass\n"
     )
     pytester.makepyfile(test_z_after="def test_after():\n    pass\n")
-    result = pytester.runpytest_inprocess("-p", "harness.lanes.pytest_lane", "-p", "no:lvsconf",
-                                          "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess(
+        "-p", "harness.lanes.pytest_lane", "-p", "no:lvsconf", "-p", "no:cacheprovider"
+    )
     result.assert_outcomes(passed=2, failed=1, errors=0)

@@ -34,13 +34,19 @@ def test_fwmark_persistence_sends_one_client_to_one_real_server() -> None:
     key = ServiceKey(IPV4, fwmark=MARK)
     scenario = Scenario(
         "smoke-fwmark",
-        (ServiceConfig(Service(key, "rr", timeout=60),
-                       tuple(Dest(rip(IPV4, i), 0, 1, Fwd.DR) for i in range(3))),),
+        (
+            ServiceConfig(
+                Service(key, "rr", timeout=60),
+                tuple(Dest(rip(IPV4, i), 0, 1, Fwd.DR) for i in range(3)),
+            ),
+        ),
         (Send(flows),),
         fwmark_rules=(FwmarkRule(MARK, IPV4, VIP_NET[IPV4]),),
     )
-    with build(Topology(real_servers=3, families=(IPV4,))) as net, \
-            KernelIPVS().install(net, scenario) as director:
+    with (
+        build(Topology(real_servers=3, families=(IPV4,))) as net,
+        KernelIPVS().install(net, scenario) as director,
+    ):
         results = engine.run(net, flows)
         raw = read_ip_vs_conn(net.director.netns)
         templates = director.templates()
@@ -53,6 +59,13 @@ def test_fwmark_persistence_sends_one_client_to_one_real_server() -> None:
     assert templates is not None and len(templates) == 1, raw
     t = templates[0]
     assert (t.proto, t.caddr, t.cport, t.vaddr, t.vport, t.daddr, t.dport) == (
-        Proto.IP, client, 0, ipaddress.ip_address(f"0.0.0.{MARK}"), 0, chosen, 0), raw
+        Proto.IP,
+        client,
+        0,
+        ipaddress.ip_address(f"0.0.0.{MARK}"),
+        0,
+        chosen,
+        0,
+    ), raw
     row = f"IP  {int(client):08X} 0000 {MARK:08X} 0000 {int(chosen):08X} 0000 NONE"
     assert any(line.startswith(row) for line in raw.splitlines()), raw

@@ -31,13 +31,25 @@ def cip(n: int) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(f"10.0.1.{n}")
 
 
-def tcp(src: IPAddress, sport: int, dst: IPAddress = VIP, dport: int = 80,
-        kind: PacketKind = "syn", mark: int = 0) -> Flow:
+def tcp(
+    src: IPAddress,
+    sport: int,
+    dst: IPAddress = VIP,
+    dport: int = 80,
+    kind: PacketKind = "syn",
+    mark: int = 0,
+) -> Flow:
     return Flow(Proto.TCP, src, sport, dst, dport, kind, mark)
 
 
-def udp(src: IPAddress, sport: int, dst: IPAddress = VIP, dport: int = 53, mark: int = 0,
-        payload: bytes = b"") -> Flow:
+def udp(
+    src: IPAddress,
+    sport: int,
+    dst: IPAddress = VIP,
+    dport: int = 53,
+    mark: int = 0,
+    payload: bytes = b"",
+) -> Flow:
     return Flow(Proto.UDP, src, sport, dst, dport, "udp", mark, payload)
 
 
@@ -54,6 +66,7 @@ def director(*services: tuple[Service, Iterable[Dest]], sysctls: Sysctls | None 
     return d
 
 
-def dests(port: int = 0, fwd: Fwd = Fwd.DR, rips: Iterable[IPAddress] = RIPS,
-          weight: int = 1) -> list[Dest]:
+def dests(
+    port: int = 0, fwd: Fwd = Fwd.DR, rips: Iterable[IPAddress] = RIPS, weight: int = 1
+) -> list[Dest]:
     return [Dest(r, port, weight, fwd) for r in rips]

@@ -13,8 +13,12 @@ from impl.types import Flow, Proto, Service, ServiceKey, Sysctls
 CIP6 = ipaddress.IPv6Address("2001:db8:1::1")
 
 
-def ping(src: ipaddress.IPv4Address | ipaddress.IPv6Address, ident: int = 7,
-         dst: ipaddress.IPv4Address | ipaddress.IPv6Address = VIP, mark: int = 0) -> Flow:
+def ping(
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    ident: int = 7,
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address = VIP,
+    mark: int = 0,
+) -> Flow:
     proto = Proto.ICMP if src.version == 4 else Proto.ICMPV6
     return Flow(proto, src, ident, dst, 0, "echo", mark)
 

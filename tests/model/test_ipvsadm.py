@@ -57,7 +57,9 @@ def test_kube_proxy_client_ip_affinity() -> None:
     web = cfgs[0]
     assert web.service.key.proto is Proto.TCP and web.service.scheduler == "rr"
     assert [(str(d.addr), d.port, d.fwd) for d in web.dests] == [
-        ("198.18.10.11", 6443, Fwd.NAT), ("198.18.10.12", 6443, Fwd.NAT)]
+        ("198.18.10.11", 6443, Fwd.NAT),
+        ("198.18.10.12", 6443, Fwd.NAT),
+    ]
     assert cfgs[1].service.key.proto is Proto.UDP
 
 
@@ -120,28 +122,42 @@ def test_replay_edits_deletes_and_clear() -> None:
     assert isinstance(parse_rules("ipvsadm -C", "f")[0], Clear)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("-A -t 198.19.0.1:80 -s rr -x", "f:1: option -x needs a value (write -x VALUE)"),
-    ("-A -t 198.19.0.1:80 --frobnicate", "f:1: unknown option '--frobnicate'"),
-    ("-A -t 198.19.0.300:80", "f:1: bad virtual service address '198.19.0.300'"),
-    ("-A -t www.example.com:80", "is a host name, and lvsconf does no DNS lookups"),
-    ("-A -t 198.19.0.1:80 -p 0", "persistence timeout '0' is out of range (use a whole number"
-                                 " 1..2678400)"),
-    ("-A -t 198.19.0.1:80 -p 2678401", "out of range"),
-    ("-A -t 198.19.0.1:80 -p -M 255.0.255", "illegal IPv4 persistent netmask '255.0.255'"),
-    ("-A -t [2001:db8::1]:80 -p -M 129", "illegal IPv6 netmask '129' (use a prefix length"),
-    ("-a -t 198.19.0.1:80 -r 198.18.10.11", "f:1: no service TCP 198.19.0.1:80 (add it with -A"),
-    ("-A -t 198.19.0.1:80 -s xyz", "unknown scheduler 'xyz': IPVS knows rr, wrr"),
-    ("-A -t 198.19.0.1:80\n-A -t 198.19.0.1:80", "f:2: service TCP 198.19.0.1:80 already exists"),
-    ("-A -t 198.19.0.1:80\n-a -t 198.19.0.1:80 -r 198.18.10.11\n-a -t 198.19.0.1:80 -r "
-     "198.18.10.11", "f:3: real server 198.18.10.11:80 already exists"),
-    ("-A -t 198.19.0.1:0 -s rr", "port zero given for a non-persistent service"),
-    ("-A -t 198.19.0.1:80 -o", "one-packet scheduling (-o) is only for UDP"),
-    ("-A -t 198.19.0.1:80 -s rr -b mh-port", "does not fit scheduler 'rr'"),
-    ("-A -t 198.19.0.1:80 -w 3", "option --weight does not apply to a service command"),
-    ("-t 198.19.0.1:80", "no command on this line"),
-    ("-A -t 198.19.0.1:80 --pe foo", "unknown persistence engine 'foo'"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("-A -t 198.19.0.1:80 -s rr -x", "f:1: option -x needs a value (write -x VALUE)"),
+        ("-A -t 198.19.0.1:80 --frobnicate", "f:1: unknown option '--frobnicate'"),
+        ("-A -t 198.19.0.300:80", "f:1: bad virtual service address '198.19.0.300'"),
+        ("-A -t www.example.com:80", "is a host name, and lvsconf does no DNS lookups"),
+        (
+            "-A -t 198.19.0.1:80 -p 0",
+            "persistence timeout '0' is out of range (use a whole number 1..2678400)",
+        ),
+        ("-A -t 198.19.0.1:80 -p 2678401", "out of range"),
+        ("-A -t 198.19.0.1:80 -p -M 255.0.255", "illegal IPv4 persistent netmask '255.0.255'"),
+        ("-A -t [2001:db8::1]:80 -p -M 129", "illegal IPv6 netmask '129' (use a prefix length"),
+        (
+            "-a -t 198.19.0.1:80 -r 198.18.10.11",
+            "f:1: no service TCP 198.19.0.1:80 (add it with -A",
+        ),
+        ("-A -t 198.19.0.1:80 -s xyz", "unknown scheduler 'xyz': IPVS knows rr, wrr"),
+        (
+            "-A -t 198.19.0.1:80\n-A -t 198.19.0.1:80",
+            "f:2: service TCP 198.19.0.1:80 already exists",
+        ),
+        (
+            "-A -t 198.19.0.1:80\n-a -t 198.19.0.1:80 -r 198.18.10.11\n-a -t 198.19.0.1:80 -r "
+            "198.18.10.11",
+            "f:3: real server 198.18.10.11:80 already exists",
+        ),
+        ("-A -t 198.19.0.1:0 -s rr", "port zero given for a non-persistent service"),
+        ("-A -t 198.19.0.1:80 -o", "one-packet scheduling (-o) is only for UDP"),
+        ("-A -t 198.19.0.1:80 -s rr -b mh-port", "does not fit scheduler 'rr'"),
+        ("-A -t 198.19.0.1:80 -w 3", "option --weight does not apply to a service command"),
+        ("-t 198.19.0.1:80", "no command on this line"),
+        ("-A -t 198.19.0.1:80 --pe foo", "unknown persistence engine 'foo'"),
+    ],
+)
 def test_errors_are_one_line_with_a_fix(text: str, message: str) -> None:
     with pytest.raises(RulesError) as info:
         load_rules(text, "f")
@@ -151,7 +167,8 @@ def test_errors_are_one_line_with_a_fix(text: str, message: str) -> None:
 
 
 def test_ipv6_dest_without_port_takes_service_port() -> None:
-    (cfg,) = load_rules("-A -t [2001:db8:f::1]:443 -s rr\n-a -t [2001:db8:f::1]:443 -r "
-                        "[2001:db8:a::11] -m\n")
+    (cfg,) = load_rules(
+        "-A -t [2001:db8:f::1]:443 -s rr\n-a -t [2001:db8:f::1]:443 -r [2001:db8:a::11] -m\n"
+    )
     assert cfg.dests[0].addr == ipaddress.ip_address("2001:db8:a::11")
     assert cfg.dests[0].port == 443

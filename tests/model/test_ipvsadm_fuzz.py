@@ -20,18 +20,92 @@ from impl.types import IPV4, IPV6, Dest, Fwd, Proto, Service, ServiceKey, SvcFla
 
 def fuzz(examples: int) -> settings:
     """Explicit example count: independent of the LVSCONF_HYPOTHESIS profile."""
-    return settings(max_examples=examples, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 
-WORDS = ["-A", "-E", "-D", "-C", "-a", "-e", "-d", "-t", "-u", "-f", "-6", "-s", "-p", "-M",
-         "-o", "--ops", "--pe", "-b", "-r", "-g", "-m", "-i", "-w", "-x", "-y", "-n", "ipvsadm",
-         "--add-service", "--tcp-service", "--scheduler", "--persistent", "--netmask",
-         "--real-server", "--weight", "--sched-flags", "--fwmark-service", "--sctp-service",
-         "--persistent=30", "-w7", "-p0", "198.19.0.1:80", "198.19.0.1", "198.19.0.1:0",
-         "[2001:db8:f::1]:80", "[2001:db8:f::1]", "2001:db8::1", "198.18.10.11:80",
-         "[2001:db8:a::11]:0", "1", "0", "64", "129", "255.255.255.0", "4294967296", "rr",
-         "wrr", "sh", "mh", "twos", "none", "xyz", "sh-port,sh-fallback", "mh-port", "flag-3",
-         "sip", "host.example", "[::1", "'", "\"", "#", "", "-", "--", "=", "¹", "8080"]
+
+WORDS = [
+    "-A",
+    "-E",
+    "-D",
+    "-C",
+    "-a",
+    "-e",
+    "-d",
+    "-t",
+    "-u",
+    "-f",
+    "-6",
+    "-s",
+    "-p",
+    "-M",
+    "-o",
+    "--ops",
+    "--pe",
+    "-b",
+    "-r",
+    "-g",
+    "-m",
+    "-i",
+    "-w",
+    "-x",
+    "-y",
+    "-n",
+    "ipvsadm",
+    "--add-service",
+    "--tcp-service",
+    "--scheduler",
+    "--persistent",
+    "--netmask",
+    "--real-server",
+    "--weight",
+    "--sched-flags",
+    "--fwmark-service",
+    "--sctp-service",
+    "--persistent=30",
+    "-w7",
+    "-p0",
+    "198.19.0.1:80",
+    "198.19.0.1",
+    "198.19.0.1:0",
+    "[2001:db8:f::1]:80",
+    "[2001:db8:f::1]",
+    "2001:db8::1",
+    "198.18.10.11:80",
+    "[2001:db8:a::11]:0",
+    "1",
+    "0",
+    "64",
+    "129",
+    "255.255.255.0",
+    "4294967296",
+    "rr",
+    "wrr",
+    "sh",
+    "mh",
+    "twos",
+    "none",
+    "xyz",
+    "sh-port,sh-fallback",
+    "mh-port",
+    "flag-3",
+    "sip",
+    "host.example",
+    "[::1",
+    "'",
+    '"',
+    "#",
+    "",
+    "-",
+    "--",
+    "=",
+    "¹",
+    "8080",
+]
 
 
 def _run(text: str) -> None:
@@ -45,8 +119,10 @@ def _run(text: str) -> None:
 def _soup(rnd: random.Random) -> str:
     # Built from one Random per example: far cheaper than drawing each word from Hypothesis,
     # which is what makes 10**4 examples affordable on a shared machine.
-    return "\n".join(" ".join(rnd.choice(WORDS) for _ in range(rnd.randrange(13)))
-                     for _ in range(rnd.randrange(1, 7)))
+    return "\n".join(
+        " ".join(rnd.choice(WORDS) for _ in range(rnd.randrange(13)))
+        for _ in range(rnd.randrange(1, 7))
+    )
 
 
 @fuzz(6000)
@@ -74,8 +150,12 @@ def service_configs(draw: st.DrawFn) -> ServiceConfig:
     if draw(st.booleans()):
         key = ServiceKey(family, Proto.TCP, None, 0, draw(st.integers(1, 2**32 - 1)))
     else:
-        key = ServiceKey(family, draw(st.sampled_from([Proto.TCP, Proto.UDP, Proto.SCTP])),
-                         draw(addrs), draw(ports))
+        key = ServiceKey(
+            family,
+            draw(st.sampled_from([Proto.TCP, Proto.UDP, Proto.SCTP])),
+            draw(addrs),
+            draw(ports),
+        )
     persistent = key.vport == 0 or draw(st.booleans())
     timeout = draw(st.integers(1, 86400 * 31)) if persistent else None
     netmask = None
@@ -106,10 +186,13 @@ def test_parse_render_round_trip(configs: list[ServiceConfig]) -> None:
 
 
 @fuzz(800)
-@given(st.lists(service_configs(), min_size=1, max_size=3, unique_by=lambda c: c.service.key),
-       st.data())
-def test_mutated_rule_sets_raise_only_rules_error(configs: list[ServiceConfig],
-                                                   data: st.DataObject) -> None:
+@given(
+    st.lists(service_configs(), min_size=1, max_size=3, unique_by=lambda c: c.service.key),
+    st.data(),
+)
+def test_mutated_rule_sets_raise_only_rules_error(
+    configs: list[ServiceConfig], data: st.DataObject
+) -> None:
     words = render_rules(configs).split(" ")
     i = data.draw(st.integers(0, len(words) - 1))
     words[i] = data.draw(st.sampled_from(WORDS) | st.text(max_size=8))

@@ -127,6 +127,7 @@ def test_conn_reuse_time_wait_nonpersistent() -> None:
     """§1.2 rule 2: SYN on an uncontrolled TIME_WAIT/CLOSE connection is rescheduled;
     with conntrack=1 it is dropped instead (the retransmission is scheduled)."""
     from impl.types import Flow, Fwd
+
     for ct, expect in ((0, "forward"), (1, "drop")):
         d = director((Service(K, "rr"), dests(80, Fwd.NAT)), sysctls=Sysctls(conntrack=ct))
         a = d.packet(tcp(cip(1), 40000), 0.0)
@@ -159,8 +160,10 @@ def test_port_reuse() -> None:
 def test_counters() -> None:
     """§8.31: templates raise only persistconns; connections count active (SYN_RECV) and
     total; UDP is never active."""
-    d = director((Service(K, "rr", timeout=300), dests(80)),
-                 (Service(key(53, Proto.UDP), "rr", timeout=300), dests(53)))
+    d = director(
+        (Service(K, "rr", timeout=300), dests(80)),
+        (Service(key(53, Proto.UDP), "rr", timeout=300), dests(53)),
+    )
     d.packet(tcp(cip(1), 40000), 0.0)
     d.packet(tcp(cip(1), 40001), 0.0)
     head = d.dest_state(K)[0]
@@ -183,8 +186,9 @@ def test_counters_lc_ignores_templates() -> None:
 def test_overload_thresholds_hysteresis() -> None:
     """§8.44: u_threshold=2: the dest stops getting new clients once it has 2 connections;
     clients holding a template keep arriving regardless (overload is no template check)."""
-    d = director((Service(K, "rr", timeout=300), [Dest(RIPS[0], 80, 1, u_threshold=2),
-                                                  Dest(RIPS[1], 80, 1)]))
+    d = director(
+        (Service(K, "rr", timeout=300), [Dest(RIPS[0], 80, 1, u_threshold=2), Dest(RIPS[1], 80, 1)])
+    )
     d.set_timeouts(ProtoTimeouts(udp=5))
     assert d.packet(tcp(cip(1), 40000), 0.0).dest == RIPS[1]
     assert d.packet(tcp(cip(2), 40000), 0.0).dest == RIPS[0]
@@ -222,6 +226,7 @@ def test_config_errors() -> None:
         UnknownSysctl,
     )
     from impl.types import IPV6, ServiceKey
+
     d = director((Service(K, "rr"), dests(80)))
     with pytest.raises(ServiceExists):
         d.add_service(Service(K, "rr"))
@@ -234,8 +239,14 @@ def test_config_errors() -> None:
     with pytest.raises(UnknownSysctl):
         d.set_sysctl("nope", 1)
     with pytest.raises(InvalidConfig, match="1..128"):
-        d.add_service(Service(ServiceKey(IPV6, Proto.TCP, ipaddress.IPv6Address("2001:db8::1"),
-                                         80), "rr", timeout=10, netmask=0))
+        d.add_service(
+            Service(
+                ServiceKey(IPV6, Proto.TCP, ipaddress.IPv6Address("2001:db8::1"), 80),
+                "rr",
+                timeout=10,
+                netmask=0,
+            )
+        )
     with pytest.raises(SchedulerRejected, match="unknown scheduler"):
         d.add_service(Service(key(81), "nope"))
     with pytest.raises(InvalidConfig, match="l_threshold"):

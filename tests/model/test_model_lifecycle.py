@@ -27,8 +27,9 @@ def test_expiry_ops() -> None:
 def test_refresh_on_new_conn() -> None:
     """§8.22: new connections every T/2 keep the template alive; packets of one existing
     connection do not refresh it."""
-    d = director((Service(key(53, Proto.UDP), "rr", timeout=2), dests(53)),
-                 )
+    d = director(
+        (Service(key(53, Proto.UDP), "rr", timeout=2), dests(53)),
+    )
     d.set_timeouts(ProtoTimeouts(udp=1))
     a = d.packet(udp(cip(1), 40000), 0.0)
     for i in range(1, 8):  # a new source port every second: new connections
@@ -97,6 +98,7 @@ def test_tcp_states_nat_and_assured() -> None:
     d = director((Service(key(80), "rr", timeout=300), [Dest(RIPS[0], 80, 1, Fwd.NAT)]))
     d.packet(tcp(cip(1), 40000), 0.0)
     from impl.types import Flow
+
     back = Flow(Proto.TCP, RIPS[0], 80, cip(1), 40000, "synack")
     v = d.reply(back, 0.1)
     assert (v.kind, v.reason, v.dport) == ("forward", "snat", 80)
@@ -119,8 +121,8 @@ def test_rst_in_syn_recv_keeps_syn_recv() -> None:
 
 def test_udp_assured_on_reply() -> None:
     from impl.types import Flow
-    d = director((Service(key(53, Proto.UDP), "rr", timeout=300),
-                  [Dest(RIPS[0], 53, 1, Fwd.NAT)]))
+
+    d = director((Service(key(53, Proto.UDP), "rr", timeout=300), [Dest(RIPS[0], 53, 1, Fwd.NAT)]))
     d.packet(udp(cip(1), 40000), 0.0)
     assert [t.state for t in d.templates(0)] == ["NONE"]
     d.reply(Flow(Proto.UDP, RIPS[0], 53, cip(1), 40000, "udp"), 0.5)
@@ -145,8 +147,9 @@ def test_sctp_basic_states() -> None:
     assert [c.state for c in d.connections(1)] == ["INIT1"]
     d.packet(sctp("abort"), 2.0)
     assert [(c.state, c.expires) for c in d.connections(2)] == [("CLOSED", 61)]
-    d2 = director((Service(key(80, Proto.SCTP), "rr", timeout=60), dests(80)),
-                  sysctls=Sysctls(sloppy_sctp=1))
+    d2 = director(
+        (Service(key(80, Proto.SCTP), "rr", timeout=60), dests(80)), sysctls=Sysctls(sloppy_sctp=1)
+    )
     d2.packet(sctp("data"), 0.0)
     assert [c.state for c in d2.connections(0)] == ["ESTABLISHED"]
     assert [t.state for t in d2.templates(0)] == ["ASSURED"]

@@ -52,8 +52,10 @@ def test_ftp_fallback_nonpersistent_goes_local() -> None:
 
 
 def test_ftp_fallback_threshold_follows_unprivileged_port_start() -> None:
-    d = director((Service(key(21), "rr", timeout=300), dests()),
-                 sysctls=Sysctls(ip_unprivileged_port_start=6000))
+    d = director(
+        (Service(key(21), "rr", timeout=300), dests()),
+        sysctls=Sysctls(ip_unprivileged_port_start=6000),
+    )
     assert d.packet(tcp(cip(1), 40001, dport=5000), 1).kind == "local"  # no service at all
     assert d.packet(tcp(cip(1), 40002, dport=20), 1).kind == "forward"  # port 20 always
 
@@ -175,6 +177,7 @@ def test_nonpersistent_fwmark_uses_dest_port() -> None:
 def test_ipv6_service() -> None:
     s = Service(ServiceKey(IPV6, Proto.TCP, VIP6, 80), "rr")
     from model_support import RIPS6
+
     d = director((s, [Dest(r, 80, 1, Fwd.NAT) for r in RIPS6]))
     v = d.packet(tcp(ipaddress.IPv6Address("2001:db8:1::1"), 40000, VIP6, 80), 1)
     assert v.kind == "forward" and v.dest == RIPS6[2] and v.fwd is Fwd.NAT
@@ -188,9 +191,13 @@ def test_from_scenario_marks_are_the_callers() -> None:
 
     svc = Service(fwm(3), "rr", timeout=60)
     flow = tcp(cip(1), 40000, VIP, 8080)
-    sc = Scenario("s", (ServiceConfig(svc, tuple(dests())),), (Send((flow,)),),
-                  (FwmarkRule(3, IPV4, ipaddress.IPv4Network("10.0.0.0/24")),),
-                  Sysctls(sloppy_tcp=1))
+    sc = Scenario(
+        "s",
+        (ServiceConfig(svc, tuple(dests())),),
+        (Send((flow,)),),
+        (FwmarkRule(3, IPV4, ipaddress.IPv4Network("10.0.0.0/24")),),
+        Sysctls(sloppy_tcp=1),
+    )
     d = Director.from_scenario(sc)
     assert d.sysctls.sloppy_tcp == 1
     assert [x.addr for x in d.dest_state(svc.key)] == [RIPS[2], RIPS[1], RIPS[0]]

@@ -28,6 +28,7 @@ def test_ops_persistent_sticks() -> None:
 def test_ops_ignored_for_tcp() -> None:
     """OPS applies only to UDP packets: a TCP flow on an OPS service is a normal connection."""
     from model_support import tcp
+
     d = director((Service(key(80), "rr", ops=True), dests(80)))
     d.packet(tcp(cip(1), 40000), 0.0)
     assert len(d.connections(0)) == 1

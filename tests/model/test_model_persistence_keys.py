@@ -12,8 +12,10 @@ from impl.types import IPV4, IPV6, Dest, Proto, Service, ServiceKey
 
 def test_normal_key() -> None:
     """§8.13: one client, two source ports -> same RS; VIP:443 is chosen independently."""
-    d = director((Service(key(80), "rr", timeout=300), dests(80)),
-                 (Service(key(443), "rr", timeout=300), dests(443)))
+    d = director(
+        (Service(key(80), "rr", timeout=300), dests(80)),
+        (Service(key(443), "rr", timeout=300), dests(443)),
+    )
     a = d.packet(tcp(cip(1), 40000), 1)
     b = d.packet(tcp(cip(1), 40001), 2)
     assert a.dest == b.dest
@@ -45,14 +47,17 @@ def test_netmask_v4_noncontiguous_and_zero() -> None:
 def test_netmask_v6() -> None:
     """§8.15: prefix 64: two clients in one /64 share an RS."""
     from model_support import RIPS6
+
     s = Service(ServiceKey(IPV6, Proto.TCP, VIP6, 80), "rr", timeout=300, netmask=64)
     d = director((s, [Dest(r, 80) for r in RIPS6]))
     a = d.packet(tcp(ipaddress.IPv6Address("2001:db8:1::1"), 40000, VIP6), 1)
     b = d.packet(tcp(ipaddress.IPv6Address("2001:db8:1::ffff:2"), 40000, VIP6), 2)
     c = d.packet(tcp(ipaddress.IPv6Address("2001:db8:1:1::1"), 40000, VIP6), 3)
     assert a.dest == b.dest != c.dest
-    assert d.templates(3)[0].caddr in (ipaddress.IPv6Address("2001:db8:1::"),
-                                       ipaddress.IPv6Address("2001:db8:1:1::"))
+    assert d.templates(3)[0].caddr in (
+        ipaddress.IPv6Address("2001:db8:1::"),
+        ipaddress.IPv6Address("2001:db8:1:1::"),
+    )
 
 
 def test_fwmark_any_port_same_rs() -> None:
@@ -70,8 +75,10 @@ def test_fwmark_any_port_same_rs() -> None:
 
 def test_fwmark_v6_template_vaddr() -> None:
     from model_support import RIPS6
-    d = director((Service(ServiceKey(IPV6, fwmark=1), "rr", timeout=300),
-                  [Dest(r, 0) for r in RIPS6]))
+
+    d = director(
+        (Service(ServiceKey(IPV6, fwmark=1), "rr", timeout=300), [Dest(r, 0) for r in RIPS6])
+    )
     d.packet(tcp(ipaddress.IPv6Address("2001:db8:1::1"), 40000, VIP6, 80, mark=1), 1)
     (t,) = d.templates(1)
     assert t.vaddr == ipaddress.IPv6Address("0:1::")
@@ -80,8 +87,7 @@ def test_fwmark_v6_template_vaddr() -> None:
 def test_fwmark_dport0_quirk() -> None:
     """§2.2 quirk: dport 0 on a fwmark service takes the normal branch: key has packet proto
     and daddr, and the connection's dport becomes the dest port."""
-    d = director((Service(ServiceKey(IPV4, fwmark=3), "rr", timeout=300),
-                  [Dest(RIPS[0], 8080)]))
+    d = director((Service(ServiceKey(IPV4, fwmark=3), "rr", timeout=300), [Dest(RIPS[0], 8080)]))
     v = d.packet(udp(cip(1), 40000, VIP, 0, mark=3), 1)
     assert v.dport == 8080
     (t,) = d.templates(1)
@@ -108,8 +114,10 @@ def test_dport_rules() -> None:
 
 def test_ftp_key() -> None:
     """§8.19: FTP template TPrt/DPrt 0000; normal template TPrt = vport, DPrt = dest port."""
-    d = director((Service(key(21), "rr", timeout=300), [Dest(RIPS[0], 2121)]),
-                 (Service(key(80), "rr", timeout=300), [Dest(RIPS[1], 8080)]))
+    d = director(
+        (Service(key(21), "rr", timeout=300), [Dest(RIPS[0], 2121)]),
+        (Service(key(80), "rr", timeout=300), [Dest(RIPS[1], 8080)]),
+    )
     assert d.packet(tcp(cip(1), 40000, dport=21), 1).dport == 2121
     assert d.packet(tcp(cip(1), 40001, dport=80), 1).dport == 8080
     ports = sorted((t.vport, t.dport) for t in d.templates(1))
@@ -135,6 +143,7 @@ def test_persistent_scheduler_sees_unmasked_source() -> None:
             return self.inner.schedule(ds, flow)
 
     from impl.director import Director
+
     d = Director(scheduler_factory=lambda s, lv: Spy(make_scheduler(s.scheduler, s, lv)))  # type: ignore[arg-type,return-value]
     d.add_service(Service(key(80), "rr", timeout=300, netmask=0xFFFFFF00))
     d.add_dest(key(80), Dest(RIPS[0], 80))

@@ -52,21 +52,27 @@ class Counting:
 
 
 # One step: ("flow", client n, dt) | ("weight", rs index, weight) | ("del"/"add", rs index)
-steps = st.lists(st.one_of(
-    st.tuples(st.just("flow"), st.integers(1, 6), st.floats(0, 4)),
-    st.tuples(st.just("weight"), st.integers(0, 2), st.integers(0, 2)),
-    st.tuples(st.sampled_from(["del", "add"]), st.integers(0, 2)),
-), max_size=40)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("flow"), st.integers(1, 6), st.floats(0, 4)),
+        st.tuples(st.just("weight"), st.integers(0, 2), st.integers(0, 2)),
+        st.tuples(st.sampled_from(["del", "add"]), st.integers(0, 2)),
+    ),
+    max_size=40,
+)
 
 
-@given(steps, st.sampled_from(["rr", "wlc", "sh", "lc"]), st.booleans(),
-       st.sampled_from([0xFFFFFFFF, 0xFFFFFFFC]))
+@given(
+    steps,
+    st.sampled_from(["rr", "wlc", "sh", "lc"]),
+    st.booleans(),
+    st.sampled_from([0xFFFFFFFF, 0xFFFFFFFC]),
+)
 def test_template_decides_else_scheduler(trace, sched, eqt, mask) -> None:  # type: ignore[no-untyped-def]
     """Same key + valid template => its dest, without asking the scheduler; no valid template
     => exactly one scheduler call."""
     counting = Counting([])
-    d = Director(sysctls=Sysctls(expire_quiescent_template=int(eqt)),
-                 scheduler_factory=counting)
+    d = Director(sysctls=Sysctls(expire_quiescent_template=int(eqt)), scheduler_factory=counting)
     svc = Service(key(80), sched, timeout=3, netmask=mask)
     d.add_service(svc)
     for r in RIPS:
@@ -100,11 +106,14 @@ def test_template_decides_else_scheduler(trace, sched, eqt, mask) -> None:  # ty
             d.add_dest(svc.key, Dest(RIPS[step[1]], 80), now)
 
 
-@given(st.lists(st.tuples(st.integers(1, 5), st.floats(0, 3)), max_size=25),
-       st.lists(st.tuples(st.integers(1, 5), st.integers(0, 4)), max_size=25))
+@given(
+    st.lists(st.tuples(st.integers(1, 5), st.floats(0, 3)), max_size=25),
+    st.lists(st.tuples(st.integers(1, 5), st.integers(0, 4)), max_size=25),
+)
 def test_services_do_not_leak(flows_a, noise) -> None:  # type: ignore[no-untyped-def]
     """Traffic to VIP:443 never changes what VIP:80 decides (separate templates, schedulers
     and dest objects)."""
+
     def run(with_noise: bool) -> list[object]:
         d = Director()
         for port in (80, 443):
@@ -130,6 +139,7 @@ def test_services_do_not_leak(flows_a, noise) -> None:  # type: ignore[no-untype
 def test_fwmark_one_server_per_client(flows) -> None:  # type: ignore[no-untyped-def]
     """All flows of one client carrying one mark reach one server while its template lives."""
     from impl.types import IPV4, ServiceKey
+
     d = Director()
     svc = Service(ServiceKey(IPV4, fwmark=4), "rr", timeout=1000)
     d.add_service(svc)

@@ -10,10 +10,12 @@ from impl import sip
 from impl.procfs import render_ip_vs_conn
 from impl.types import Proto, Service
 
-INVITE = (b"INVITE sip:bob@example.com SIP/2.0\r\n"
-          b"Via: SIP/2.0/UDP 10.0.1.1:5060\r\n"
-          b"Call-ID: a84b4c76e66710@pc33.example.com\r\n"
-          b"CSeq: 1 INVITE\r\n\r\n")
+INVITE = (
+    b"INVITE sip:bob@example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 10.0.1.1:5060\r\n"
+    b"Call-ID: a84b4c76e66710@pc33.example.com\r\n"
+    b"CSeq: 1 INVITE\r\n\r\n"
+)
 
 
 def sip_director():  # type: ignore[no-untyped-def]
@@ -65,5 +67,7 @@ def test_sip_proc_row() -> None:
     d = sip_director()
     d.packet(udp(cip(1), 5060, dport=5060, payload=INVITE), 0.0)
     text = render_ip_vs_conn(d.templates(0.5), [])
-    assert text.splitlines()[1] == ("UDP 0A000101 0000 0A000064 13C4 0A000203 13C4 NONE        "
-                                    "    299 sip a84b4c76e66710@pc33.example.com")
+    assert text.splitlines()[1] == (
+        "UDP 0A000101 0000 0A000064 13C4 0A000203 13C4 NONE        "
+        "    299 sip a84b4c76e66710@pc33.example.com"
+    )

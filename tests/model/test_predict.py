@@ -32,23 +32,29 @@ def test_parse_flow_forms() -> None:
     assert g.kind == "ack" and g.dport == 80 and g.sport == 40001
 
 
-@pytest.mark.parametrize("text, part", [
-    ("tcp 198.18.16.10 -> 198.19.0.1:80", "cannot read flow"),
-    ("icmp 198.18.16.10:1 -> 198.19.0.1:80", "unknown protocol 'icmp'"),
-    ("tcp 198.18.16.10:1 -> 198.19.0.1:80 mark=x", "bad fwmark 'x'"),
-    ("tcp 198.18.16.10:1 -> 198.19.0.1:70000", "port out of range"),
-    ("tcp 2001:db8::1:1 -> 198.19.0.1:80", "cannot read flow"),
-    ("tcp 198.18.16.10:1 -> [2001:db8::1]:80", "families differ"),
-    ("tcp 198.18.16.10:1 -> 198.19.0.1:80 blah", "unknown flow attribute 'blah'"),
-])
+@pytest.mark.parametrize(
+    "text, part",
+    [
+        ("tcp 198.18.16.10 -> 198.19.0.1:80", "cannot read flow"),
+        ("icmp 198.18.16.10:1 -> 198.19.0.1:80", "unknown protocol 'icmp'"),
+        ("tcp 198.18.16.10:1 -> 198.19.0.1:80 mark=x", "bad fwmark 'x'"),
+        ("tcp 198.18.16.10:1 -> 198.19.0.1:70000", "port out of range"),
+        ("tcp 2001:db8::1:1 -> 198.19.0.1:80", "cannot read flow"),
+        ("tcp 198.18.16.10:1 -> [2001:db8::1]:80", "families differ"),
+        ("tcp 198.18.16.10:1 -> 198.19.0.1:80 blah", "unknown flow attribute 'blah'"),
+    ],
+)
 def test_bad_flows(text: str, part: str) -> None:
     with pytest.raises(PredictError, match=part):
         parse_flow(text)
 
 
 def test_flows_file_with_time_lines() -> None:
-    events = parse_flows_file("# comment\ntcp 198.18.16.10:1 -> 198.19.0.1:80\n@ 12.5\n"
-                              "tcp 198.18.16.10:2 -> 198.19.0.1:80\n", "f")
+    events = parse_flows_file(
+        "# comment\ntcp 198.18.16.10:1 -> 198.19.0.1:80\n@ 12.5\n"
+        "tcp 198.18.16.10:2 -> 198.19.0.1:80\n",
+        "f",
+    )
     assert events[1] == At(12.5) and len(events) == 3
     with pytest.raises(PredictError, match="f:2: bad time"):
         parse_flows_file("tcp 198.18.16.10:1 -> 198.19.0.1:80\n@ soon\n", "f")
@@ -64,15 +70,21 @@ def test_predict_persistence_netmask_and_expiry() -> None:
     assert first.verdict.dest == ipaddress.ip_address("198.18.10.12")
     assert second.verdict.dest == first.verdict.dest
     assert first.template is not None and str(first.template.caddr) == "198.18.16.0"
-    assert first.as_json()["template"].startswith("TCP 01:00 NONE 198.18.16.0:0 198.19.0.1:80 "
-                                                  "198.18.10.12:80")
+    assert first.as_json()["template"].startswith(
+        "TCP 01:00 NONE 198.18.16.0:0 198.19.0.1:80 198.18.10.12:80"
+    )
     assert ack.verdict.kind == "local" and ack.at == 5 and ack.template is None
 
 
 def test_predict_fwmark_template_and_ipv6_ops() -> None:
     ops = parse_rules(RULES, "r")
-    res = predict(ops, [parse_flow("udp 198.18.16.10:5000 -> 198.19.0.7:53 mark=1"),
-                        parse_flow("udp [2001:db8:c0::1]:5000 -> [2001:db8:f::1]:53")])
+    res = predict(
+        ops,
+        [
+            parse_flow("udp 198.18.16.10:5000 -> 198.19.0.7:53 mark=1"),
+            parse_flow("udp [2001:db8:c0::1]:5000 -> [2001:db8:f::1]:53"),
+        ],
+    )
     fw, v6 = res
     assert fw.as_json()["dest"] == "198.18.10.13:53"  # persistent fwmark keeps the packet port
     assert fw.as_json()["template"] == "IP 00:30 NONE 198.18.16.10:0 0.0.0.1:0 198.18.10.13:0"
@@ -88,8 +100,9 @@ def test_cli_json_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     rules = tmp_path / "rules"
     rules.write_text(RULES)
     flows = tmp_path / "flows"
-    flows.write_text("tcp 198.18.16.10:40000 -> 198.19.0.1:80\n@ 2\n"
-                     "tcp 198.18.16.10:40002 -> 198.19.0.1:80\n")
+    flows.write_text(
+        "tcp 198.18.16.10:40000 -> 198.19.0.1:80\n@ 2\ntcp 198.18.16.10:40002 -> 198.19.0.1:80\n"
+    )
     rc = main(["predict", "--rules", str(rules), "--flows", str(flows), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and [o["verdict"] for o in out] == ["forward", "forward"]
@@ -103,16 +116,28 @@ def test_cli_json_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         return text
 
     assert "cannot read flow" in err("--flow", "tcp nonsense")
-    assert "unknown sysctl 'nope'" in err("--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80",
-                                          "--sysctl", "nope=1")
+    assert "unknown sysctl 'nope'" in err(
+        "--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80", "--sysctl", "nope=1"
+    )
     assert "bad --sysctl" in err("--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80", "--sysctl", "x")
-    assert "--kernel-release" in err("--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80",
-                                     "--kernel-release", "banana")
+    assert "--kernel-release" in err(
+        "--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80", "--kernel-release", "banana"
+    )
     assert "no flows given" in err()
     bad = tmp_path / "bad"
     bad.write_text("-A -t 198.19.0.1:80 -s rr\n-a -t 198.19.0.9:80 -r 198.18.10.11\n")
     assert main(["predict", "--rules", str(bad), "--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80"]) == 2
     assert f"{bad}:2: no service TCP 198.19.0.9:80" in capsys.readouterr().err
-    assert main(["predict", "--rules", str(tmp_path / "missing"), "--flow",
-                 "tcp 1.2.3.4:1 -> 198.19.0.1:80"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--rules",
+                str(tmp_path / "missing"),
+                "--flow",
+                "tcp 1.2.3.4:1 -> 198.19.0.1:80",
+            ]
+        )
+        == 2
+    )
     assert "cannot read rules file" in capsys.readouterr().err

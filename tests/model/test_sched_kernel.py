@@ -20,8 +20,9 @@ VIP = ipaddress.ip_address("198.19.0.1")
 class Svc:
     """A service's dest list plus its scheduler, changed the way impl.director does."""
 
-    def __init__(self, sched: str, flags: SvcFlag = SvcFlag.NONE,
-                 level: KernelLevel = DEFAULT) -> None:
+    def __init__(
+        self, sched: str, flags: SvcFlag = SvcFlag.NONE, level: KernelLevel = DEFAULT
+    ) -> None:
         service = Service(ServiceKey(IPV4, Proto.TCP, VIP, 80), sched, sched_flags=flags)
         self.dests: list[DestState] = []
         self.s: Scheduler = make_scheduler(sched, service, level)
@@ -62,6 +63,7 @@ def rs(name: str) -> ipaddress.IPv4Address:
 
 # ---- registry ---------------------------------------------------------------------------
 
+
 def test_unknown_scheduler_message_lists_known_names() -> None:
     with pytest.raises(UnknownScheduler, match=r"unknown scheduler 'xyz': IPVS knows rr, wrr"):
         make_scheduler("xyz", Service(ServiceKey(IPV4, Proto.TCP, VIP, 80)), DEFAULT)
@@ -76,11 +78,27 @@ def test_twos_needs_a_newer_kernel() -> None:
 
 
 def test_all_names_known() -> None:
-    assert set(SCHEDULERS) == {"rr", "wrr", "sh", "mh", "dh", "lc", "wlc", "sed", "nq", "fo",
-                               "ovf", "lblc", "lblcr", "twos", "none"}
+    assert set(SCHEDULERS) == {
+        "rr",
+        "wrr",
+        "sh",
+        "mh",
+        "dh",
+        "lc",
+        "wlc",
+        "sed",
+        "nq",
+        "fo",
+        "ovf",
+        "lblc",
+        "lblcr",
+        "twos",
+        "none",
+    }
 
 
 # ---- rr -------------------------------------------------------------------------------------
+
 
 def test_rr_first_pick_is_newest_then_list_order() -> None:
     svc = Svc("rr")
@@ -126,6 +144,7 @@ def test_rr_skips_weight0_and_overloaded() -> None:
 
 # ---- wrr ------------------------------------------------------------------------------------
 
+
 def test_wrr_4_3_2_steady_cycle() -> None:
     svc = Svc("wrr")
     svc.add("C", 2), svc.add("B", 3), svc.add("A", 4)  # list order A=4, B=3, C=2
@@ -163,6 +182,7 @@ def test_wrr_all_overloaded_none() -> None:
 
 # ---- sh -------------------------------------------------------------------------------------
 
+
 def test_sh_bucket_check_values() -> None:
     svc = Svc("sh")
     svc.add("A")
@@ -186,9 +206,15 @@ def test_sh_table_weight_consecutive_and_weight0_one_bucket() -> None:
     assert names[:8] == ["C", "B", "B", "A", "C", "B", "B", "A"]
     # the weight-0 dest's bucket refuses its clients without fallback
     c_bucket = 0
-    client = next(f"10.0.{i // 250}.{i % 250 + 1}" for i in range(5000)
-                  if s.bucket_of(Flow(Proto.TCP, ipaddress.ip_address(
-                      f"10.0.{i // 250}.{i % 250 + 1}"), 1, VIP, 80)) % 4 == c_bucket)
+    client = next(
+        f"10.0.{i // 250}.{i % 250 + 1}"
+        for i in range(5000)
+        if s.bucket_of(
+            Flow(Proto.TCP, ipaddress.ip_address(f"10.0.{i // 250}.{i % 250 + 1}"), 1, VIP, 80)
+        )
+        % 4
+        == c_bucket
+    )
     assert svc.pick(client) is None
     del a
 
@@ -204,13 +230,15 @@ def test_sh_fallback_probes_2h_plus_k() -> None:
     assert s.buckets[h] is a
     svc.edit(a, 0)  # rebuild; A stays in its buckets with weight 0
     assert s.buckets[h] is a
-    expected = next(s.buckets[(2 * h + k) % 256] for k in range(256)
-                    if s.buckets[(2 * h + k) % 256] is not a)
+    expected = next(
+        s.buckets[(2 * h + k) % 256] for k in range(256) if s.buckets[(2 * h + k) % 256] is not a
+    )
     assert svc.pick("10.0.0.1") == NAMES[int(expected.addr) & 0xFF] == "B"
     del b
 
 
 # ---- mh -------------------------------------------------------------------------------------
+
 
 def test_mh_dest_permutation_check_values() -> None:
     d = DestState.from_dest(Dest(ipaddress.ip_address("192.168.10.11"), 80))
@@ -226,8 +254,10 @@ def test_mh_lookup_slot_and_table_full() -> None:
     assert all(d is not None for d in s.lookup)
     f = Flow(Proto.TCP, ipaddress.ip_address("10.0.0.1"), 1, VIP, 80)
     assert s.slot_of(f) == 3711
-    counts = {n: sum(1 for d in s.lookup if d is not None and NAMES[int(d.addr) & 0xFF] == n)
-              for n in "ABC"}
+    counts = {
+        n: sum(1 for d in s.lookup if d is not None and NAMES[int(d.addr) & 0xFF] == n)
+        for n in "ABC"
+    }
     assert sum(counts.values()) == MH_TAB_SIZE and max(counts.values()) - min(counts.values()) <= 1
 
 
@@ -269,6 +299,7 @@ def test_mh_weights_share_proportionally() -> None:
 
 # ---- dh ---------------------------------------------------------------------------------------
 
+
 def test_dh_one_server_per_vip() -> None:
     svc = Svc("dh")
     for n in "ABC":
@@ -276,10 +307,12 @@ def test_dh_one_server_per_vip() -> None:
     picks = {svc.pick(f"10.2.0.{i}", 1000 + i) for i in range(1, 50)}
     assert len(picks) == 1
     from impl.siphash import hash_32
+
     assert picks == {"CBA"[hash_32(int(VIP), 8) % 3]}
 
 
 # ---- lc / wlc / sed / nq / fo / ovf ------------------------------------------------------
+
 
 def test_lc_overhead_by_level_and_ties() -> None:
     new, old = Svc("lc"), Svc("lc", level=KernelLevel(6, 1, 176))
@@ -330,6 +363,7 @@ def test_fo_and_ovf() -> None:
 
 # ---- lblc / lblcr -----------------------------------------------------------------------
 
+
 def test_lblc_caches_by_destination() -> None:
     svc = Svc("lblc")
     a, b = svc.add("A"), svc.add("B")
@@ -379,11 +413,16 @@ from impl.schedulers.wlc import weighted_least, wlc_pick  # noqa: E402
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 50), st.integers(0, 300),
-                          st.booleans()), max_size=6),
-       st.sampled_from([KernelLevel(6, 1, 176), KernelLevel(6, 1, 192)]))
-def test_wlc_pick_matches_generic_loop(rows: list[tuple[int, int, int, bool]],
-                                       level: KernelLevel) -> None:
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 50), st.integers(0, 300), st.booleans()),
+        max_size=6,
+    ),
+    st.sampled_from([KernelLevel(6, 1, 176), KernelLevel(6, 1, 192)]),
+)
+def test_wlc_pick_matches_generic_loop(
+    rows: list[tuple[int, int, int, bool]], level: KernelLevel
+) -> None:
     svc = Svc("wlc", level=level)
     for i, (w, act, inact, over) in enumerate(rows):
         d = DestState.from_dest(Dest(ipaddress.IPv4Address(f"198.18.10.{11 + i}"), 80, w))
@@ -420,5 +459,6 @@ def test_mh_large_weights_are_shifted() -> None:
 def test_sh_ipv6_client_hashes_folded_words() -> None:
     from impl.schedulers.sh import sh_hashkey
     from impl.siphash import fold_addr, hash_32
+
     c = ipaddress.ip_address("2001:db8:c0::1")
     assert sh_hashkey(fold_addr(c), 0) == hash_32(0x20010DB8 ^ 0x00C00000 ^ 0 ^ 1, 8)

@@ -19,8 +19,9 @@ def route_vip_to(net: Net, rs: int, index: int = 0) -> None:
         for fam in net.topology.families:
             v = vip(fam, index)
             ipr.addr("del", index=1, address=str(v), prefixlen=host_prefix(fam))
-            ipr.route("add", dst=f"{v}/{host_prefix(fam)}", gateway=str(rip(fam, rs)),
-                      family=int(fam))
+            ipr.route(
+                "add", dst=f"{v}/{host_prefix(fam)}", gateway=str(rip(fam, rs)), family=int(fam)
+            )
 
 
 def dnat_script(rs: int, vport: int, rport: int, protos: tuple[str, ...] = ("tcp", "udp")) -> str:

@@ -21,8 +21,9 @@ from .nets import load_director_nft
 pytestmark = pytest.mark.netns
 
 
-def _frames_within(capture: Capture, seconds: float,
-                   enough: Callable[[list[bytes]], bool]) -> list[bytes]:
+def _frames_within(
+    capture: Capture, seconds: float, enough: Callable[[list[bytes]], bool]
+) -> list[bytes]:
     """Frames captured until ``enough(frames)`` or the deadline."""
     deadline = time.monotonic() + seconds * slowdown()
     got: list[bytes] = []
@@ -34,8 +35,9 @@ def _frames_within(capture: Capture, seconds: float,
 
 def _send(net: Net, family: Family, payload: bytes, host: int) -> None:
     flow = Flow(Proto.UDP, cip(family, 12, host), 7000, vip(family, 0), 9, None, 0, payload)
-    frame = build_frame(flow, Stamp(1, 1, 1, 1), mac_bytes(net.client_mac()),
-                        mac_bytes(net.director_client_mac()))
+    frame = build_frame(
+        flow, Stamp(1, 1, 1, 1), mac_bytes(net.client_mac()), mac_bytes(net.director_client_mac())
+    )
     with net.client.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as sender:
         sender.bind((net.client_if, 0))
         sender.send(frame)
@@ -43,10 +45,13 @@ def _send(net: Net, family: Family, payload: bytes, host: int) -> None:
 
 @pytest.mark.parametrize("family", [IPV4, IPV6], ids=["v4", "v6"])
 def test_own_sends_are_filtered_and_answers_are_truncated(fresh_net: Net, family: Family) -> None:
-    load_director_nft(fresh_net, (
-        "table inet h4_cap {\n    chain in {\n        type filter hook input priority 0;\n"
-        "        udp dport 9 drop\n    }\n}\n"
-    ))
+    load_director_nft(
+        fresh_net,
+        (
+            "table inet h4_cap {\n    chain in {\n        type filter hook input priority 0;\n"
+            "        udp dport 9 drop\n    }\n}\n"
+        ),
+    )
     with client_capture(fresh_net.client, fresh_net.client_if) as capture:
         _send(fresh_net, family, b"x" * 1000, 1)
         own = mac_bytes(fresh_net.client_mac())
@@ -58,7 +63,8 @@ def test_own_sends_are_filtered_and_answers_are_truncated(fresh_net: Net, family
     with client_capture(fresh_net.client, fresh_net.client_if) as capture:
         _send(fresh_net, family, b"x" * 1000, 2)
         frames = _frames_within(
-            capture, 2.0, lambda got: any(parse_answer(f) is not None for f in got))
+            capture, 2.0, lambda got: any(parse_answer(f) is not None for f in got)
+        )
     answers = [f for f in frames if parse_answer(f) is not None]
     assert len(answers) == 1 and len(answers[0]) == SNAPLEN
 

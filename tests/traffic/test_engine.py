@@ -37,13 +37,26 @@ PROTOS = (Proto.TCP, Proto.UDP, Proto.SCTP)
 SIOCGSKNS = 0x894C
 
 
-def flows_for(family: Family, protos: tuple[Proto, ...], per_proto: int, net_no: int,
-              dport: int = 80, vip_index: int = 0) -> list[Flow]:
+def flows_for(
+    family: Family,
+    protos: tuple[Proto, ...],
+    per_proto: int,
+    net_no: int,
+    dport: int = 80,
+    vip_index: int = 0,
+) -> list[Flow]:
     out = []
     for p in protos:
         for j in range(per_proto):
-            out.append(Flow(p, cip(family, net_no, 1 + j), 20000 + 100 * int(p) + j,
-                            vip(family, vip_index), dport))
+            out.append(
+                Flow(
+                    p,
+                    cip(family, net_no, 1 + j),
+                    20000 + 100 * int(p) + j,
+                    vip(family, vip_index),
+                    dport,
+                )
+            )
     return out
 
 
@@ -52,15 +65,21 @@ def kinds(results: list[FlowResult]) -> set[str]:
 
 
 @pytest.mark.parametrize("mode", ["ordered", "batch"])
-def test_plain_routing_every_flow_is_seen_once_at_the_routed_server(fresh_net: Net,
-                                                                     mode: str) -> None:
+def test_plain_routing_every_flow_is_seen_once_at_the_routed_server(
+    fresh_net: Net, mode: str
+) -> None:
     route_vip_to(fresh_net, 2)
     flows = [f for fam in (IPV4, IPV6) for f in flows_for(fam, PROTOS, 5, 1)]
     report = run_report(fresh_net, flows, mode, settle=0.1)  # type: ignore[arg-type]
     for r in report.results:
         o = r.outcome
         assert (o.kind, o.rs, o.addr, o.port, o.encapsulated) == (
-            "forward", 2, r.flow.daddr, r.flow.dport, False), str(r)
+            "forward",
+            2,
+            r.flow.daddr,
+            r.flow.dport,
+            False,
+        ), str(r)
         assert r.seen_at == (2,), f"{r.flow} seen at {r.seen_at}, want exactly once at rs3"
     assert report.stray == []
 
@@ -70,16 +89,19 @@ def test_ordered_follow_ups_of_one_connection_are_told_apart(fresh_net: Net) -> 
     route_vip_to(fresh_net, 0)
     c, v = cip(IPV6, 4, 9), vip(IPV6, 0)
     flows = [Flow(Proto.TCP, c, 5555, v, 443, k) for k in ("syn", "ack", "data", "fin", "rst")]
-    flows += [Flow(Proto.UDP, c, 5060, v, 5060, None, 0, b"INVITE sip:x SIP/2.0\r\nCall-ID: 1\r\n"),
-              Flow(Proto.UDP, c, 5060, v, 5060, None, 0, b"BYE sip:x SIP/2.0\r\nCall-ID: 1\r\n")]
+    flows += [
+        Flow(Proto.UDP, c, 5060, v, 5060, None, 0, b"INVITE sip:x SIP/2.0\r\nCall-ID: 1\r\n"),
+        Flow(Proto.UDP, c, 5060, v, 5060, None, 0, b"BYE sip:x SIP/2.0\r\nCall-ID: 1\r\n"),
+    ]
     results = run(fresh_net, flows, settle=0.1)
     assert [r.outcome.kind for r in results] == ["forward"] * len(flows)
     assert all(r.seen_at == (0,) for r in results), [r.seen_at for r in results]
 
 
 def test_dnat_flows_arrive_at_the_rewritten_destination(fresh_net: Net) -> None:
-    load_director_nft(fresh_net, dnat_script(rs=1, vport=80, rport=8080,
-                                             protos=("tcp", "udp", "sctp")))
+    load_director_nft(
+        fresh_net, dnat_script(rs=1, vport=80, rport=8080, protos=("tcp", "udp", "sctp"))
+    )
     flows = [f for fam in (IPV4, IPV6) for f in flows_for(fam, PROTOS, 4, 2)]
     for r in run(fresh_net, flows, "batch"):
         o = r.outcome
@@ -95,12 +117,14 @@ class IpipRelay:
 
     def __init__(self, net: Net, rs: int) -> None:
         self.net, self.rs = net, rs
-        self.capture = Capture(net.director, net.director_client_if,
-                               bpf_program((6, 17, 132), (6, 17, 132)), None)
+        self.capture = Capture(
+            net.director, net.director_client_if, bpf_program((6, 17, 132), (6, 17, 132)), None
+        )
         self.out = net.director.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.out.bind((net.director_bridge, 0))
         self.eth = {
-            fam: mac_bytes(net.rs_mac(rs)) + mac_bytes(net.director_mac())
+            fam: mac_bytes(net.rs_mac(rs))
+            + mac_bytes(net.director_mac())
             + (b"\x08\x00" if fam is IPV4 else b"\x86\xdd")
             for fam in (IPV4, IPV6)
         }
@@ -121,8 +145,11 @@ class IpipRelay:
                     inner = frame[14:]
                     fam = IPV4 if inner[0] >> 4 == 4 else IPV6
                     # ETH_P_IP frames may carry trailing padding: cut to the IP length
-                    length = (int.from_bytes(inner[2:4], "big") if fam is IPV4
-                              else 40 + int.from_bytes(inner[4:6], "big"))
+                    length = (
+                        int.from_bytes(inner[2:4], "big")
+                        if fam is IPV4
+                        else 40 + int.from_bytes(inner[4:6], "big")
+                    )
                     packet = encapsulate(inner[:length], DIP[fam], rip(fam, self.rs))
                     self.out.send(self.eth[fam] + packet)
         except BaseException as exc:
@@ -157,7 +184,12 @@ def test_tunnelled_flows_are_identified_inside_the_tunnel(fresh_net: Net) -> Non
     for r in results:
         o = r.outcome
         assert (o.kind, o.rs, o.addr, o.port, o.encapsulated) == (
-            "forward", 1, r.flow.daddr, 80, True), str(r)
+            "forward",
+            1,
+            r.flow.daddr,
+            80,
+            True,
+        ), str(r)
 
 
 def test_unanswered_flow_is_dropped_within_the_bound(fresh_net: Net) -> None:
@@ -175,13 +207,16 @@ def test_unanswered_flow_is_dropped_within_the_bound(fresh_net: Net) -> None:
 
 
 def test_reject_rules_are_reported_as_unreachable(fresh_net: Net) -> None:
-    load_director_nft(fresh_net, (
-        "table inet h4_reject {\n    chain in {\n        type filter hook input priority 0;\n"
-        "        meta nfproto ipv4 meta l4proto { tcp, udp } reject with icmp type "
-        "port-unreachable\n"
-        "        meta nfproto ipv6 meta l4proto { tcp, udp } reject with icmpv6 type "
-        "port-unreachable\n    }\n}\n"
-    ))
+    load_director_nft(
+        fresh_net,
+        (
+            "table inet h4_reject {\n    chain in {\n        type filter hook input priority 0;\n"
+            "        meta nfproto ipv4 meta l4proto { tcp, udp } reject with icmp type "
+            "port-unreachable\n"
+            "        meta nfproto ipv6 meta l4proto { tcp, udp } reject with icmpv6 type "
+            "port-unreachable\n    }\n}\n"
+        ),
+    )
     flows = [f for fam in (IPV4, IPV6) for f in flows_for(fam, (Proto.TCP, Proto.UDP), 3, 6)]
     results = run(fresh_net, flows, "batch")
     assert [r.outcome.kind for r in results] == ["unreachable"] * len(flows)
@@ -284,8 +319,18 @@ def test_quiet_endpoints_keep_real_servers_from_answering_stray_syns(fresh_net: 
 
 
 def _pings(net_no: int, count: int) -> list[Flow]:
-    return [Flow(Proto.ICMP if fam is IPV4 else Proto.ICMPV6, cip(fam, net_no, 1 + j), 300 + j,
-                 vip(fam, 0), 0, "echo") for fam in (IPV4, IPV6) for j in range(count)]
+    return [
+        Flow(
+            Proto.ICMP if fam is IPV4 else Proto.ICMPV6,
+            cip(fam, net_no, 1 + j),
+            300 + j,
+            vip(fam, 0),
+            0,
+            "echo",
+        )
+        for fam in (IPV4, IPV6)
+        for j in range(count)
+    ]
 
 
 @pytest.mark.parametrize("mode", ["ordered", "batch"])
@@ -296,7 +341,8 @@ def test_a_ping_the_director_answers_is_local(fresh_net: Net, mode: Mode) -> Non
     again = [flows[0]] if mode == "ordered" else []  # a batch needs unique (saddr, identifier)
     results = run(fresh_net, flows + again, mode)
     assert [r.outcome.kind for r in results] == ["local"] * len(flows + again), [
-        str(r) for r in results]
+        str(r) for r in results
+    ]
     assert all(r.seen_at == () for r in results)
 
 
@@ -307,14 +353,18 @@ def test_a_ping_routed_to_a_real_server_is_forward(fresh_net: Net) -> None:
     results = run(fresh_net, _pings(10, 2), settle=0.1)
     for r in results:
         o = r.outcome
-        assert (o.kind, o.rs, o.addr, o.port, r.seen_at) == (
-            "forward", 1, r.flow.daddr, 0, (1,)), str(r)
+        assert (o.kind, o.rs, o.addr, o.port, r.seen_at) == ("forward", 1, r.flow.daddr, 0, (1,)), (
+            str(r)
+        )
 
 
 def test_source_port_20_is_sent_when_asked(fresh_net: Net) -> None:
     """With ``allow_ftpdata`` the engine sends source port 20: the director's stack (no
     balancer) answers the SYN with a RST and the datagram with a port unreachable."""
-    flows = [Flow(p, cip(fam, 11, 1), 20, vip(fam, 0), 80) for fam in (IPV4, IPV6)
-             for p in (Proto.TCP, Proto.UDP)]
+    flows = [
+        Flow(p, cip(fam, 11, 1), 20, vip(fam, 0), 80)
+        for fam in (IPV4, IPV6)
+        for p in (Proto.TCP, Proto.UDP)
+    ]
     results = run(fresh_net, flows, allow_ftpdata=True)
     assert [r.outcome.kind for r in results] == ["local", "unreachable"] * 2

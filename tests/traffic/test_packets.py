@@ -40,9 +40,15 @@ MAC_B = bytes.fromhex("020000000002")
 STAMP = Stamp(iptag=0x1234, seq=0x11223344, ack=0x91223344, vtag=0x0BADF00D)
 
 CASES = [
-    (Proto.TCP, None, "syn"), (Proto.TCP, "ack", "ack"), (Proto.TCP, "fin", "fin"),
-    (Proto.TCP, "rst", "rst"), (Proto.TCP, "data", "data"), (Proto.TCP, "synack", "synack"),
-    (Proto.UDP, None, "udp"), (Proto.SCTP, None, "init"), (Proto.SCTP, "abort", "abort"),
+    (Proto.TCP, None, "syn"),
+    (Proto.TCP, "ack", "ack"),
+    (Proto.TCP, "fin", "fin"),
+    (Proto.TCP, "rst", "rst"),
+    (Proto.TCP, "data", "data"),
+    (Proto.TCP, "synack", "synack"),
+    (Proto.UDP, None, "udp"),
+    (Proto.SCTP, None, "init"),
+    (Proto.SCTP, "abort", "abort"),
 ]
 
 
@@ -52,8 +58,9 @@ def flow(family: Family, proto: Proto, kind: str | None = None, payload: bytes =
 
 @pytest.mark.parametrize("family", [IPV4, IPV6], ids=["v4", "v6"])
 @pytest.mark.parametrize(("proto", "kind", "parsed"), CASES, ids=[c[2] for c in CASES])
-def test_built_frame_parses_back_to_its_forward_key(family: Family, proto: Proto,
-                                                    kind: str | None, parsed: str) -> None:
+def test_built_frame_parses_back_to_its_forward_key(
+    family: Family, proto: Proto, kind: str | None, parsed: str
+) -> None:
     f = flow(family, proto, kind)
     frame = build_frame(f, STAMP, MAC_A, MAC_B)
     seen = parse_frame(frame)
@@ -92,8 +99,11 @@ def _rst_reply(f: Flow, stamp: Stamp) -> bytes:
         rst = TCP(sport=f.dport, dport=f.sport, flags="R", seq=seg.ack)
     else:
         rst = TCP(sport=f.dport, dport=f.sport, flags="RA", seq=0, ack=seg.seq + length)
-    l3 = IP(src=str(f.daddr), dst=str(f.saddr)) if f.family is IPV4 else IPv6(
-        src=str(f.daddr), dst=str(f.saddr))
+    l3 = (
+        IP(src=str(f.daddr), dst=str(f.saddr))
+        if f.family is IPV4
+        else IPv6(src=str(f.daddr), dst=str(f.saddr))
+    )
     return bytes(Ether(src=MAC_B, dst=MAC_A) / l3 / rst)
 
 
@@ -130,8 +140,11 @@ def test_host_unreachable_is_not_port_unreachable() -> None:
 @pytest.mark.parametrize("family", [IPV4, IPV6], ids=["v4", "v6"])
 def test_sctp_abort_answers_the_init_by_its_tag(family: Family) -> None:
     f = flow(family, Proto.SCTP)
-    l3 = IP(src=str(f.daddr), dst=str(f.saddr)) if family is IPV4 else IPv6(
-        src=str(f.daddr), dst=str(f.saddr))
+    l3 = (
+        IP(src=str(f.daddr), dst=str(f.saddr))
+        if family is IPV4
+        else IPv6(src=str(f.daddr), dst=str(f.saddr))
+    )
     abort = Ether() / l3 / SCTP(sport=80, dport=f.sport, tag=STAMP.vtag) / SCTPChunkAbort(TCB=1)
     assert (parse_answer(bytes(abort)), "local") in answer_keys(f, STAMP)
 
@@ -142,12 +155,15 @@ def test_source_port_20_is_refused_with_the_reason() -> None:
         check_flow(bad)
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    (Flow(Proto.TCP, rip(IPV4, 0), 1234, vip(IPV4), 80), "outside the client pool"),
-    (Flow(Proto.UDP, cip(IPV4), 1234, vip(IPV4), 80, "syn"), "not a UDP packet"),
-    (Flow(Proto.TCP, cip(IPV4), 0, vip(IPV4), 80), "ports must be"),
-    (Flow(Proto.TCP, cip(IPV4), 1234, vip(IPV6), 80), "families differ"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (Flow(Proto.TCP, rip(IPV4, 0), 1234, vip(IPV4), 80), "outside the client pool"),
+        (Flow(Proto.UDP, cip(IPV4), 1234, vip(IPV4), 80, "syn"), "not a UDP packet"),
+        (Flow(Proto.TCP, cip(IPV4), 0, vip(IPV4), 80), "ports must be"),
+        (Flow(Proto.TCP, cip(IPV4), 1234, vip(IPV6), 80), "families differ"),
+    ],
+)
 def test_bad_flows_get_one_line_naming_the_problem(bad: Flow, message: str) -> None:
     with pytest.raises(TrafficError, match=message) as info:
         check_flow(bad)
@@ -161,24 +177,49 @@ def test_parsers_ignore_garbage() -> None:
 
 
 KINDS = [(Proto.TCP, k) for k in ("syn", "synack", "ack", "fin", "rst", "data")] + [
-    (Proto.UDP, "udp"), (Proto.SCTP, "init"), (Proto.SCTP, "abort"), (Proto.SCTP, "data")]
+    (Proto.UDP, "udp"),
+    (Proto.SCTP, "init"),
+    (Proto.SCTP, "abort"),
+    (Proto.SCTP, "data"),
+]
 
 
 @settings(max_examples=300)
 @given(
     family=st.sampled_from([IPV4, IPV6]),
     proto_kind=st.sampled_from(KINDS),
-    net=st.integers(0, 15), host=st.integers(1, 254),
-    sport=st.integers(1, 65535).filter(lambda p: p != 20), dport=st.integers(0, 65535),
+    net=st.integers(0, 15),
+    host=st.integers(1, 254),
+    sport=st.integers(1, 65535).filter(lambda p: p != 20),
+    dport=st.integers(0, 65535),
     payload=st.binary(max_size=40),
-    tag=st.integers(0, 0xFFFF), seq=st.integers(0, 2**32 - 1), vtag=st.integers(1, 2**32 - 1),
+    tag=st.integers(0, 0xFFFF),
+    seq=st.integers(0, 2**32 - 1),
+    vtag=st.integers(1, 2**32 - 1),
 )
 def test_fast_builder_gives_the_bytes_scapy_builds(
-        family: Family, proto_kind: tuple[Proto, str], net: int, host: int, sport: int,
-        dport: int, payload: bytes, tag: int, seq: int, vtag: int) -> None:
+    family: Family,
+    proto_kind: tuple[Proto, str],
+    net: int,
+    host: int,
+    sport: int,
+    dport: int,
+    payload: bytes,
+    tag: int,
+    seq: int,
+    vtag: int,
+) -> None:
     proto, kind = proto_kind
-    f = Flow(proto, cip(family, net, host), sport, vip(family, 2), dport, kind,  # type: ignore[arg-type]
-             0, payload)
+    f = Flow(
+        proto,
+        cip(family, net, host),
+        sport,
+        vip(family, 2),
+        dport,
+        kind,  # type: ignore[arg-type]
+        0,
+        payload,
+    )
     stamp = Stamp(tag, seq, seq ^ 0x80000000, vtag)
     assert build_ip(f, stamp) == build_ip_scapy(f, stamp)
 
@@ -187,17 +228,33 @@ def test_fast_builder_gives_the_bytes_scapy_builds(
 @given(
     family=st.sampled_from([IPV4, IPV6]),
     proto_kind=st.sampled_from(KINDS),
-    sport=st.integers(1, 65535).filter(lambda p: p != 20), dport=st.integers(0, 65535),
-    payload=st.binary(max_size=40), tag=st.integers(0, 0xFFFF),
+    sport=st.integers(1, 65535).filter(lambda p: p != 20),
+    dport=st.integers(0, 65535),
+    payload=st.binary(max_size=40),
+    tag=st.integers(0, 0xFFFF),
     tail=st.binary(max_size=8),
 )
 def test_fast_frame_parser_agrees_with_the_general_one(
-        family: Family, proto_kind: tuple[Proto, str], sport: int, dport: int, payload: bytes,
-        tag: int, tail: bytes) -> None:
+    family: Family,
+    proto_kind: tuple[Proto, str],
+    sport: int,
+    dport: int,
+    payload: bytes,
+    tag: int,
+    tail: bytes,
+) -> None:
     """``tail``: Ethernet padding after the IP packet must not change the answer."""
     proto, kind = proto_kind
-    f = Flow(proto, cip(family, 1, 1), sport, vip(family, 0), dport, kind,  # type: ignore[arg-type]
-             0, payload)
+    f = Flow(
+        proto,
+        cip(family, 1, 1),
+        sport,
+        vip(family, 0),
+        dport,
+        kind,  # type: ignore[arg-type]
+        0,
+        payload,
+    )
     frame = build_frame(f, Stamp(tag, 7, 8, 9), MAC_A, MAC_B) + tail
     assert parse_frame(frame) == parse_ip(frame, 14)
     assert parse_frame(frame) is not None
@@ -215,10 +272,17 @@ def echo(family: Family, ident: int = 4711, payload: bytes = b"") -> Flow:
 def _echo_reply(f: Flow, ident: int, seq: int, src: str | None = None) -> bytes:
     src = src or str(f.daddr)
     if f.family is IPV4:
-        return bytes(Ether(src=MAC_B, dst=MAC_A) / IP(src=src, dst=str(f.saddr))
-                     / ICMP(type=0, id=ident, seq=seq) / b"lvsconf\n")
-    return bytes(Ether(src=MAC_B, dst=MAC_A) / IPv6(src=src, dst=str(f.saddr))
-                 / ICMPv6EchoReply(id=ident, seq=seq, data=b"lvsconf\n"))
+        return bytes(
+            Ether(src=MAC_B, dst=MAC_A)
+            / IP(src=src, dst=str(f.saddr))
+            / ICMP(type=0, id=ident, seq=seq)
+            / b"lvsconf\n"
+        )
+    return bytes(
+        Ether(src=MAC_B, dst=MAC_A)
+        / IPv6(src=src, dst=str(f.saddr))
+        / ICMPv6EchoReply(id=ident, seq=seq, data=b"lvsconf\n")
+    )
 
 
 @pytest.mark.parametrize("family", [IPV4, IPV6], ids=["v4", "v6"])
@@ -247,7 +311,8 @@ def test_echo_reply_from_the_vip_is_matched_as_local(family: Family) -> None:
     assert (key, "local") in answer_keys(f, STAMP)
     # another flow's reply (other sequence, other identifier) must not match
     assert parse_answer(_echo_reply(f, 4711, echo_seq(STAMP) ^ 1)) not in dict(
-        answer_keys(f, STAMP))
+        answer_keys(f, STAMP)
+    )
     assert parse_answer(_echo_reply(f, 4712, echo_seq(STAMP))) not in dict(answer_keys(f, STAMP))
 
 
@@ -271,13 +336,16 @@ def test_other_icmp_at_a_real_server_is_not_a_flow(family: Family) -> None:
         assert parse_frame(bytes(err)) is None
 
 
-@pytest.mark.parametrize(("bad", "message"), [
-    (Flow(Proto.ICMP, cip(IPV6), 7, vip(IPV6), 0, "echo"), "use Proto.ICMPV6"),
-    (Flow(Proto.ICMPV6, cip(IPV4), 7, vip(IPV4), 0, "echo"), "use Proto.ICMP"),
-    (Flow(Proto.ICMP, cip(IPV4), 7, vip(IPV4), 80, "echo"), "use dport=0"),
-    (Flow(Proto.ICMP, cip(IPV4), 7, vip(IPV4), 0, "syn"), "not a ICMP packet; use echo"),
-    (Flow(Proto.ICMP, cip(IPV4), 0, vip(IPV4), 0, "echo"), "ports must be"),
-])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (Flow(Proto.ICMP, cip(IPV6), 7, vip(IPV6), 0, "echo"), "use Proto.ICMPV6"),
+        (Flow(Proto.ICMPV6, cip(IPV4), 7, vip(IPV4), 0, "echo"), "use Proto.ICMP"),
+        (Flow(Proto.ICMP, cip(IPV4), 7, vip(IPV4), 80, "echo"), "use dport=0"),
+        (Flow(Proto.ICMP, cip(IPV4), 7, vip(IPV4), 0, "syn"), "not a ICMP packet; use echo"),
+        (Flow(Proto.ICMP, cip(IPV4), 0, vip(IPV4), 0, "echo"), "ports must be"),
+    ],
+)
 def test_bad_echo_flows_get_one_line_naming_the_problem(bad: Flow, message: str) -> None:
     with pytest.raises(TrafficError, match=message) as info:
         check_flow(bad)
@@ -302,12 +370,16 @@ def test_source_port_20_is_sent_only_on_request(proto: Proto) -> None:
 
 @settings(max_examples=200)
 @given(
-    family=st.sampled_from([IPV4, IPV6]), ident=st.integers(1, 65535),
-    payload=st.binary(max_size=40), tag=st.integers(0, 0xFFFF), seq=st.integers(0, 2**32 - 1),
+    family=st.sampled_from([IPV4, IPV6]),
+    ident=st.integers(1, 65535),
+    payload=st.binary(max_size=40),
+    tag=st.integers(0, 0xFFFF),
+    seq=st.integers(0, 2**32 - 1),
     tail=st.binary(max_size=8),
 )
 def test_fast_echo_builder_and_parser_agree_with_scapy(
-        family: Family, ident: int, payload: bytes, tag: int, seq: int, tail: bytes) -> None:
+    family: Family, ident: int, payload: bytes, tag: int, seq: int, tail: bytes
+) -> None:
     f = echo(family, ident, payload)
     stamp = Stamp(tag, seq, seq ^ 0x80000000, 1)
     assert build_ip(f, stamp) == build_ip_scapy(f, stamp)

@@ -29,7 +29,10 @@ def test_tcp_through_dnat_returns_the_server_name(fresh_net: Net, family: Family
     tcp = [a for a in servers.accepted if a.proto == "tcp"]
     assert len(tcp) == 1
     assert (tcp[0].rs, tcp[0].peer, tcp[0].local) == (
-        1, (str(client), 41000), (str(rip(family, 1)), 8080))
+        1,
+        (str(client), 41000),
+        (str(rip(family, 1)), 8080),
+    )
 
 
 def test_tcp_to_a_vip_routed_to_a_server_returns_its_name(fresh_net: Net) -> None:

@@ -19,8 +19,11 @@ def frames_of(flows: list[Flow], stamps: list[Stamp]) -> list[bytes]:
 
 
 def director_rst(flow: Flow, stamp: Stamp) -> bytes:
-    return bytes(Ether() / IP(src=str(flow.daddr), dst=str(flow.saddr))
-                 / TCP(sport=flow.dport, dport=flow.sport, flags="RA", ack=stamp.seq + 1))
+    return bytes(
+        Ether()
+        / IP(src=str(flow.daddr), dst=str(flow.saddr))
+        / TCP(sport=flow.dport, dport=flow.sport, flags="RA", ack=stamp.seq + 1)
+    )
 
 
 def test_forward_copy_beats_the_answer_it_caused() -> None:
@@ -52,8 +55,10 @@ def test_answer_alone_means_local() -> None:
 def test_follow_ups_sharing_a_key_resolve_in_send_order() -> None:
     """Two UDP datagrams of one (saddr, sport): each copy goes to the flow that was sent."""
     c = cip(IPV6, 1, 1)
-    flows = [Flow(Proto.UDP, c, 5060, vip(IPV6), 5060, None, 0, b"A"),
-             Flow(Proto.UDP, c, 5060, vip(IPV6), 5060, None, 0, b"B")]
+    flows = [
+        Flow(Proto.UDP, c, 5060, vip(IPV6), 5060, None, 0, b"A"),
+        Flow(Proto.UDP, c, 5060, vip(IPV6), 5060, None, 0, b"B"),
+    ]
     stamps = make_stamps(flows)
     frames = frames_of(flows, stamps)
     t = _Tracker(flows, stamps)
@@ -110,8 +115,11 @@ def _ping(ident: int) -> Flow:
 
 
 def _echo_reply(flow: Flow, stamp: Stamp) -> bytes:
-    return bytes(Ether() / IP(src=str(flow.daddr), dst=str(flow.saddr))
-                 / ICMP(type=0, id=flow.sport, seq=echo_seq(stamp)))
+    return bytes(
+        Ether()
+        / IP(src=str(flow.daddr), dst=str(flow.saddr))
+        / ICMP(type=0, id=flow.sport, seq=echo_seq(stamp))
+    )
 
 
 def test_echo_reply_alone_means_local_and_follow_up_pings_resolve_in_order() -> None:
