@@ -1,4 +1,4 @@
-"""Forwarding: which address and port a real server receives (ipvs-semantics §1.5.7, §2.5;
+"""Forwarding: which address and port a real server receives (docs/semantics.md §1.5.7, §2.5;
 §8 case 18 and the DR/NAT/TUN transmitters).
 
 DR keeps the packet as sent to the VIP, NAT rewrites the destination to the real server's

@@ -1,4 +1,4 @@
-"""Persistence keys: which flows share a template (ipvs-semantics §2.1-2.4, §8 cases 13-20).
+"""Persistence keys: which flows share a template (docs/semantics.md §2.1-2.4, §8 cases 13-20).
 
 A persistent service keys its templates on <proto, masked client, 0, vaddr, vport> (plus the SIP
 Call-ID with pe sip); the real server is not part of the key. Each case picks flows so that a

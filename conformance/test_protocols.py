@@ -1,4 +1,4 @@
-"""Protocols: which packets schedule, per protocol, and one-packet scheduling (ipvs-semantics
+"""Protocols: which packets schedule, per protocol, and one-packet scheduling (docs/semantics.md
 §1.3, §1.8, §3.6; §8 cases 11 and 45 and the SCTP triggers).
 
 TCP triggers are in test_service_lookup.py (``tcp-nonsyn``) and UDP's in ``udp-any``; here are

@@ -1,4 +1,4 @@
-"""Schedulers (ipvs-semantics §4, §8 cases 33-44).
+"""Schedulers (docs/semantics.md §4, §8 cases 33-44).
 
 Non-persistent services, or persistent ones where every flow needs a new template, so each
 flow is a scheduling decision. Dests are added rs1, rs2, rs3 (indexes 0, 1, 2) unless a case

@@ -1,4 +1,4 @@
-"""Service lookup and scheduling triggers (ipvs-semantics §1, §8 cases 1-12).
+"""Service lookup and scheduling triggers (docs/semantics.md §1, §8 cases 1-12).
 
 Which service, if any, a packet reaches: fwmark first (per family), then the exact
 <proto, VIP, port>, then the FTP fallback, then port zero; which packets may create a connection

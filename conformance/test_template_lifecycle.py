@@ -1,5 +1,5 @@
 """Template lifecycle: refresh, expiry, the 60 s extension, dest removal and re-add, weight 0,
-counters and the /proc rendering (ipvs-semantics §3, §8 cases 21-32).
+counters and the /proc rendering (docs/semantics.md §3, §8 cases 21-32).
 
 Timing follows §3.3: persistence timeouts of 2-3 s, "still there" checks well below the
 timeout and expiry checks at timeout + 1 s (kernel timers never fire early and fire late by at

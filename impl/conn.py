@@ -1,7 +1,7 @@
 """Connection and template entries, their timers, and the protocol state machines.
 
 Mirrors ``ip_vs_conn.c`` (tables, ``ip_vs_conn_expire``, bind/unbind counters) and the state
-tables of ``ip_vs_proto_tcp.c`` / ``_udp.c`` / ``_sctp.c`` (Linux 6.1.192, ipvs-semantics §3).
+tables of ``ip_vs_proto_tcp.c`` / ``_udp.c`` / ``_sctp.c`` (Linux 6.1.192, docs/semantics.md §3).
 Times are float seconds on the caller's clock; a timer "fires" when ``expire(now)`` reaches its
 deadline. Entries are mutable; the public, frozen views are ``impl.types.Template`` and
 ``Connection``.

@@ -1,4 +1,4 @@
-"""The Director: a pure model of one network namespace's IPVS state (ipvs-semantics §1-§3).
+"""The Director: a pure model of one network namespace's IPVS state (docs/semantics.md §1-§3).
 
 It holds services with their dests (kernel list order, newest first), the connection table,
 the template table and the dest trash, and answers, packet by packet, what kernel IPVS 6.1.192

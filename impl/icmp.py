@@ -1,4 +1,4 @@
-"""ICMP towards a VIP, as IPVS sees it (ipvs-semantics §1.8).
+"""ICMP towards a VIP, as IPVS sees it (docs/semantics.md §1.8).
 
 IPVS has no protocol handler for ICMP: ``ip_vs_in_hook`` passes ICMP to ``ip_vs_in_icmp``
 (``_v6``), which handles only the *related* error types (v4: DEST_UNREACH, SOURCE_QUENCH,

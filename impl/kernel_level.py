@@ -1,4 +1,4 @@
-"""Which kernel behaviour to model: IPVS changed at *stable patch level* (ipvs-semantics §5.2).
+"""Which kernel behaviour to model: IPVS changed at *stable patch level* (docs/semantics.md §5.2).
 
 A release is given as a Debian ``uname -v``/``/proc/version`` text (``... Debian 6.1.192-3 ...``),
 a plain upstream version (``6.12.117``), or an ABI string (``6.1.0-56-amd64``, which names no
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# (major, minor) -> first patch level with the change (ipvs-semantics §5.2)
+# (major, minor) -> first patch level with the change (docs/semantics.md §5.2)
 _TOTALCONNS = {(6, 1): 183, (6, 12): 104}
 _NO_INVISIBLE_TEMPLATES = {(6, 1): 191, (6, 12): 113}
 

@@ -1,4 +1,4 @@
-"""Service lookup: ``ip_vs_service_find`` (ctl.c 417 in 6.1.192, ipvs-semantics §1.4).
+"""Service lookup: ``ip_vs_service_find`` (ctl.c 417 in 6.1.192, docs/semantics.md §1.4).
 
 Order: fwmark service (full 32-bit mark, same af, any protocol) when the packet has a mark;
 then the exact <af, proto, vaddr, vport> service; then, for TCP, the FTP fallback to the

@@ -1,4 +1,4 @@
-"""SIP persistence engine: the Call-ID extraction of ``ip_vs_pe_sip.c`` (ipvs-semantics §2.3).
+"""SIP persistence engine: the Call-ID extraction of ``ip_vs_pe_sip.c`` (docs/semantics.md §2.3).
 
 ``callid(payload)`` mirrors ``get_callid`` + ``ct_sip_get_header(SIP_HDR_CALL_ID)`` from
 ``nf_conntrack_sip.c`` (6.1.192) byte for byte, including its quirks: the first line (request or

@@ -1,4 +1,4 @@
-"""Shared vocabulary of lvsconf (see shared DESIGN.md "Vocabulary").
+"""Shared vocabulary of lvsconf (see docs/architecture.md §3).
 
 Pure data: frozen dataclasses and enums, no I/O. Both the reference model (``impl``) and the
 harness (``harness``) speak these types, so an outcome observed on the wire and a decision of
@@ -45,7 +45,7 @@ class Proto(enum.IntEnum):
     TCP = 6
     UDP = 17
     SCTP = 132
-    # Never scheduled (ipvs-semantics §1.8): a ping to the VIP is answered by the director.
+    # Never scheduled (docs/semantics.md §1.8): a ping to the VIP is answered by the director.
     ICMP = 1
     ICMPV6 = 58
 
@@ -187,7 +187,7 @@ class FwmarkRule:
         return self.dports is None or self.dports[0] <= flow.dport <= self.dports[1]
 
 
-# What a packet is, as far as scheduling cares (ipvs-semantics §1.3).
+# What a packet is, as far as scheduling cares (docs/semantics.md §1.3).
 PacketKind = Literal[
     "syn", "synack", "ack", "fin", "rst", "udp", "init", "abort", "data", "echo"
 ]  # echo: ICMP / ICMPv6 echo request (sport = its identifier)
@@ -330,7 +330,7 @@ class Connection:
 
 @dataclass(frozen=True, slots=True)
 class Sysctls:
-    """``net.ipv4.vs.*`` values that change outcomes (ipvs-semantics §6), kernel defaults."""
+    """``net.ipv4.vs.*`` values that change outcomes (docs/semantics.md §6), kernel defaults."""
 
     expire_quiescent_template: int = 0
     expire_nodest_conn: int = 0

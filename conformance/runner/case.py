@@ -177,7 +177,7 @@ class Case:
         """Run ``scenario`` on the implementation and on the model, step by step, and grade.
 
         ``allow_ftpdata``: the traffic engine sends source port 20, which it refuses by default
-        (IPVS never schedules it, ipvs-semantics §1.5); only the case about that rule asks.
+        (IPVS never schedules it, docs/semantics.md §1.5); only the case about that rule asks.
         An injected traffic function (the runner's own tests) is not the engine and is used
         as it is.
         """

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def expires_tolerance(expires: int) -> int:
     """Seconds by which an observed ``expires`` may differ from the model's.
 
-    Kernel timers fire late by up to ~1/8 of the interval (ipvs-semantics §3.3), /proc rounds
+    Kernel timers fire late by up to ~1/8 of the interval (docs/semantics.md §3.3), /proc rounds
     down, and the two tables are read a few milliseconds apart: 1 s plus 1/8 of the interval.
     """
     return 1 + expires // 8

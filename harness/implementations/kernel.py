@@ -92,7 +92,7 @@ def encode_netmask(family: Family, mask: int) -> str:
     """The NETMASK attribute as pyroute2's ``ip4addr`` string.
 
     IPv4: the mask in network order (a dotted mask). IPv6: the kernel reads the same 4 bytes
-    as a *host-order* u32 prefix length (ipvs-semantics §7), so pack it native-endian and let
+    as a *host-order* u32 prefix length (docs/semantics.md §7), so pack it native-endian and let
     pyroute2 emit those bytes verbatim.
     """
     if family is IPV4:

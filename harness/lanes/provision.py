@@ -3,7 +3,7 @@
 Nothing is installed on the host: ``apt-get download`` fetches the .deb into a temporary
 directory and ``dpkg-deb -x`` unpacks it into ``~/.cache/lvsconf/kernels/<release>`` (via a
 ``.part`` directory renamed into place, so a half-unpacked tree is never used). virtme-ng finds
-the modules itself by walking up from the image to ``lib/modules`` (infra.md §1).
+the modules itself by walking up from the image to ``lib/modules`` (docs/architecture.md §6.1).
 
 Package names move with ABI bumps (``linux-image-6.1.0-56-amd64`` becomes ``-57`` and old ones
 leave the mirror), so ``auto`` is resolved through ``linux-image-amd64``'s current dependency,

@@ -34,7 +34,7 @@ from harness.lanes import provision, vm
 from harness.lanes.provision import Lane, LaneError
 
 SHARED_DIR = Path(os.environ.get("LVSCONF_STATE_DIR", "/run/lvsconf"))
-SLOWDOWN = "20"  # Python in a TCG guest is ~20x slower (infra.md §1)
+SLOWDOWN = "20"  # Python in a TCG guest is ~20x slower (docs/architecture.md §6.5)
 KERNEL_MARK = "kernel"
 
 

@@ -1,6 +1,6 @@
 """Boot a kernel with virtme-ng, run one command in the guest, stream its output, get its status.
 
-Facts this module relies on (measured, shared infra.md §1-§2 and pitfalls):
+Facts this module relies on (measured; docs/architecture.md §6):
 
 - The host has no udev, so the guest never gets ``/dev/virtio-ports/*`` and vng loses the
   script's stdout and exit status (rc 255). A ``udevd`` stand-in on the guest's PATH fixes it;

@@ -440,7 +440,7 @@ def run_report(
     :data:`DEFAULT_BOUND`, times the slowdown factor). ``settle``: seconds to keep watching
     after the last flow is resolved (times the slowdown), to catch duplicate copies.
     ``allow_ftpdata``: send source port 20 too (refused by default: IPVS never schedules it,
-    ipvs-semantics §1.5, so only a case about that rule means to send it).
+    docs/semantics.md §1.5, so only a case about that rule means to send it).
     """
     flows = list(flows)
     factor = slowdown()

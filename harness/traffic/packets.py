@@ -23,7 +23,7 @@ the echo identifier, ``Flow.dport`` must be 0, and the sequence number comes fro
 a reply from the director's own stack is matched to exactly one flow, like a RST.
 
 Source port 20 is refused unless the caller opts in with ``allow_ftpdata=True``: IPVS never
-schedules it (ipvs-semantics §1.5), so a generator must not pick it by accident; only a case
+schedules it (docs/semantics.md §1.5), so a generator must not pick it by accident; only a case
 about that rule sends it.
 """
 
@@ -100,7 +100,7 @@ def echo_seq(stamp: Stamp) -> int:
 def check_flow(flow: Flow, *, allow_ftpdata: bool = False) -> None:
     """Refuse a flow the engine cannot send meaningfully, with one line saying how to fix it.
 
-    ``allow_ftpdata``: send source port 20 all the same (a case about ipvs-semantics §1.5)."""
+    ``allow_ftpdata``: send source port 20 all the same (a case about docs/semantics.md §1.5)."""
     if flow.proto not in _KINDS_BY_PROTO:
         raise TrafficError(
             f"{flow}: protocol {flow.proto.name} cannot be sent; use TCP, UDP, SCTP, or "
@@ -128,7 +128,7 @@ def check_flow(flow: Flow, *, allow_ftpdata: bool = False) -> None:
         )
     if flow.sport == 20 and not allow_ftpdata and flow.proto in (Proto.TCP, Proto.UDP, Proto.SCTP):
         raise TrafficError(
-            f"{flow}: source port 20 is never scheduled by IPVS (FTP data, ipvs-semantics §1.5); "
+            f"{flow}: source port 20 is never scheduled by IPVS (docs/semantics.md §1.5); "
             "pick another source port (a case about that rule passes allow_ftpdata=True)"
         )
     if not 1 <= flow.sport <= 65535 or not 0 <= flow.dport <= 65535:

@@ -199,7 +199,7 @@ def _client_socket(
         raise TrafficError(f"source {src} and destination {daddr} differ in family; use one family")
     if sport == 20:
         raise TrafficError(
-            "source port 20 is never scheduled by IPVS (ipvs-semantics §1.5); "
+            "source port 20 is never scheduled by IPVS (docs/semantics.md §1.5); "
             "pick another source port"
         )
     s = net.client.socket(af, kind)

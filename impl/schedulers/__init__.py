@@ -1,1 +1,1 @@
-"""IPVS schedulers as the kernel implements them (ipvs-semantics §4)."""
+"""IPVS schedulers as the kernel implements them (docs/semantics.md §4)."""

@@ -1,7 +1,8 @@
 """``/proc/net/ip_vs_conn`` as the kernel adapter reads it: captured text (no kernel) and live.
 
 The captured rows follow ``ip_vs_conn_seq_show`` (``"%-3s %08X %04X %08X %04X %08X %04X %-11s
-%7u%s\\n"``; IPv6 ``%pI6``, uncompressed); the first one is the template measured in infra.md §3.
+%7u%s\\n"``; IPv6 ``%pI6``, uncompressed);
+the first one is the template measured in docs/architecture.md §6.7.
 """
 
 from __future__ import annotations

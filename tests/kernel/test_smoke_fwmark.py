@@ -3,7 +3,7 @@
 A persistent fwmark service (mark 3, set by nftables in the director's mangle prerouting) with
 three DR real servers: three flows of one client to different VIPs, ports and protocols all
 land on one real server, and the kernel holds exactly one template for them, printed as
-``IP <client> 0000 00000003 0000 <rip> 0000 NONE ...`` (ipvs-semantics §2.2, §3.7).
+``IP <client> 0000 00000003 0000 <rip> 0000 NONE ...`` (docs/semantics.md §2.2, §3.7).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ICMP echo towards a VIP (ipvs-semantics §1.8; §8 case 11): answered locally, no state."""
+"""ICMP echo towards a VIP (docs/semantics.md §1.8; §8 case 11): answered locally, no state."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Dest removal, revival, weight 0, connection reuse, counters and overload
-(ipvs-semantics §1.2, §3.2, §3.4, §3.5, §3.8; §8 cases 25-31, 44)."""
+(docs/semantics.md §1.2, §3.2, §3.4, §3.5, §3.8; §8 cases 25-31, 44)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Template lifecycle: refresh, expiry, the 60 s extension, connection states and timeouts
-(ipvs-semantics §3.3, §3.6; §8 cases 21-24)."""
+(docs/semantics.md §3.3, §3.6; §8 cases 21-24)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Service lookup and scheduling triggers (ipvs-semantics §1.3-§1.6; §8 cases 1-12)."""
+"""Service lookup and scheduling triggers (docs/semantics.md §1.3-§1.6; §8 cases 1-12)."""
 
 from __future__ import annotations
 

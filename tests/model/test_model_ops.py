@@ -1,4 +1,4 @@
-"""One-packet scheduling (ipvs-semantics §3.6; §8 case 45)."""
+"""One-packet scheduling (docs/semantics.md §3.6; §8 case 45)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Persistence template keys (ipvs-semantics §2.2, §2.5; §8 cases 13-19)."""
+"""Persistence template keys (docs/semantics.md §2.2, §2.5; §8 cases 13-19)."""
 
 from __future__ import annotations
 

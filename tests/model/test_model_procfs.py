@@ -1,5 +1,5 @@
 """/proc/net/ip_vs_conn and /proc/net/ip_vs, byte for byte (conn.c ip_vs_conn_seq_show,
-ctl.c ip_vs_info_seq_show; ipvs-semantics §3.7, §7; §8 case 32)."""
+ctl.c ip_vs_info_seq_show; docs/semantics.md §3.7, §7; §8 case 32)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def test_header_exact() -> None:
 
 
 def test_proc_format_ipv4_template() -> None:
-    """§8.32: the infra.md §3 row: TCP 0A000100 0000 0A000064 0050 0A000202 0050 NONE 299."""
+    """§8.32, the row measured in docs/architecture.md §6.7:
+    TCP 0A000100 0000 0A000064 0050 0A000202 0050 NONE 299."""
     d = director((Service(key(80), "rr", timeout=300, netmask=0xFFFFFF00), [Dest(RIPS[1], 80)]))
     d.packet(tcp(cip(5), 40000), 0.0)
     text = render_ip_vs_conn(d.templates(0.5), d.connections(0.5))

@@ -1,4 +1,4 @@
-"""SIP persistence engine (ipvs-semantics §2.3; §8 case 20)."""
+"""SIP persistence engine (docs/semantics.md §2.3; §8 case 20)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Schedulers against the kernel's behaviour (ipvs-semantics §4), driven like the core does:
+"""Schedulers against the kernel's behaviour (docs/semantics.md §4), driven like the core does:
 dests inserted at the head of the list, hooks called after each list change."""
 
 from __future__ import annotations

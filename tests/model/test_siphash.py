@@ -1,4 +1,4 @@
-"""SipHash/hash_32 as the kernel computes them (check values from ipvs-semantics §4)."""
+"""SipHash/hash_32 as the kernel computes them (check values from docs/semantics.md §4)."""
 
 from __future__ import annotations
 
