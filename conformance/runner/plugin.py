@@ -53,6 +53,12 @@ def pytest_configure(config: pytest.Config) -> None:
     session = ConformanceSession(config)
     config.stash[_session_key] = session
     config.pluginmanager.register(session, "lvsconf-conformance-session")
+    report_dir = config.getoption("lvs_report", default=None)
+    if report_dir:  # a run replaces the report directory: refuse a target it could harm, now
+        try:
+            lvs_report.check_target(Path(report_dir))
+        except lvs_report.ReportError as exc:
+            raise pytest.UsageError(f"--lvs-report: {exc}") from None
     names = config.getoption("impl", default=None)
     if names:  # an explicit --impl is validated at once: one clear line, not a traceback
         try:
@@ -482,13 +488,11 @@ class ConformanceSession:
         if self.is_worker:
             return result
         out_dir = self.config.getoption("lvs_report", default=None)
-        written = (
-            lvs_report.write(Path(out_dir), records, meta=_meta(self.config)) if out_dir else None
-        )
+        report_line = self._write_report(Path(out_dir), records) if out_dir else None
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
+        if report_line:
+            (tr.write_line if tr is not None else print)(report_line)
         if tr is not None and records:
-            if written is not None:
-                tr.write_line(f"lvsconf report: {written.index_html}")
             sel = self.config.stash.get(_selection_key, None)
             for name, reason in sel.missing if sel else ():
                 tr.write_line(f"not run: {name} ({reason})")
@@ -496,6 +500,26 @@ class ConformanceSession:
             tr.write_line(f"lanes: {', '.join(lanes)}")
             tr.write_line(summary_line(records))
         return result
+
+    def _write_report(self, out_dir: Path, records: list[dict[str, Any]]) -> str:
+        """Swap a new report in when the run has results (the replaced one is kept as
+        DIR.prev); a run without any result leaves the previous report alone. Returns the
+        line saying where the report is."""
+        if not records:
+            return f"lvsconf report: {lvs_report.kept_message(out_dir)}"
+        replaced = lvs_report.has_report(out_dir)
+        xml = self.config.getoption("xmlpath", default=None)  # ci/test: junit.xml in the report
+        carry = (
+            [Path(xml).name]
+            if xml and Path(os.path.abspath(xml)).parent == Path(os.path.abspath(out_dir))
+            else []
+        )
+        try:
+            written = lvs_report.write(out_dir, records, meta=_meta(self.config), carry=carry)
+        except (lvs_report.ReportError, OSError) as exc:
+            return f"lvsconf report: not written ({exc})"
+        kept = f" (previous: {lvs_report.previous(out_dir)})" if replaced else ""
+        return f"lvsconf report: {written.index_html}{kept}"
 
 
 def records(config: pytest.Config) -> list[dict[str, Any]]:

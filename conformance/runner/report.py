@@ -14,8 +14,12 @@ cases that ran a scenario add ``flows``, ``expected``, ``observed``, ``templates
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +62,17 @@ def validate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Check every record has the fields the views need and a known verdict."""
     out = []
     for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ReportError(f"record {i} is not an object; regenerate the report")
         missing = [f for f in REQUIRED_FIELDS if f not in rec]
         if missing:
             raise ReportError(
                 f"record {i} lacks {', '.join(missing)}: each result needs "
                 f"{', '.join(REQUIRED_FIELDS)}"
             )
+        odd = [f for f in REQUIRED_FIELDS if not isinstance(rec[f], str)]
+        if odd:
+            raise ReportError(f"record {i}: {', '.join(odd)} must be text; regenerate the report")
         if rec["verdict"] not in VERDICTS:
             raise ReportError(
                 f"record {i} ({rec['rule']}): unknown verdict {rec['verdict']!r}; "
@@ -311,28 +320,130 @@ def render_summary(records: Sequence[dict[str, Any]], meta: dict[str, Any] | Non
 
 # --------------------------------------------------------------------------- files
 
+#: files a report directory may hold (junit.xml comes from pytest's --junitxml, ci/test)
+KNOWN_FILES = ("results.json", "index.html", "summary.md", "junit.xml")
+PREV_SUFFIX = ".prev"
+
+
+def previous(out_dir: Path) -> Path:
+    """Where the report a run replaces is kept, one generation back: ``DIR.prev``."""
+    return out_dir.with_name(out_dir.name + PREV_SUFFIX)
+
+
+def has_report(directory: Path) -> bool:
+    """Whether ``directory`` (not a symlink) holds a results.json (a regular file)."""
+    results = directory / "results.json"
+    return (
+        not directory.is_symlink()
+        and directory.is_dir()
+        and results.is_file()
+        and not results.is_symlink()
+    )
+
+
+def check_target(out_dir: Path) -> None:
+    """Refuse a report target the swap could harm (raises :class:`ReportError`).
+
+    A run replaces the whole directory and keeps the replaced one as ``DIR.prev``: both must be
+    absent, empty, or an lvsconf report (a results.json, or only report file names)."""
+    for directory in (out_dir, previous(out_dir)):
+        if directory.is_symlink():
+            raise ReportError(
+                f"{directory} is a symbolic link; give --lvs-report a real directory path"
+            )
+        if not directory.exists():
+            continue
+        if not directory.is_dir():
+            raise ReportError(f"{directory} is not a directory; choose another report directory")
+        names = {entry.name for entry in directory.iterdir()}
+        if names and not has_report(directory) and not names <= set(KNOWN_FILES):
+            raise ReportError(
+                f"{directory} holds files but no lvsconf report (no results.json), and a run "
+                "replaces the whole directory; choose a new or empty report directory"
+            )
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write ``path`` atomically: a temporary file created exclusively next to it (mkstemp:
+    unpredictable name, O_EXCL, never following a planted symlink), then renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Put ``staging`` at ``out_dir``; a report already there becomes ``out_dir.prev``."""
+    if out_dir.exists():
+        if has_report(out_dir):
+            prev = previous(out_dir)
+            if prev.exists():
+                shutil.rmtree(prev)  # check_target: an old report, or empty (rmtree: no symlinks)
+            os.rename(out_dir, prev)
+        else:
+            for name in KNOWN_FILES:  # left by a run that never wrote results.json
+                with contextlib.suppress(FileNotFoundError):
+                    (out_dir / name).unlink()
+            out_dir.rmdir()
+    os.rename(staging, out_dir)
+
 
 def write(
-    out_dir: Path, records: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None
+    out_dir: Path,
+    records: Sequence[dict[str, Any]],
+    meta: dict[str, Any] | None = None,
+    carry: Sequence[str] = (),
 ) -> ReportPaths:
-    """Write the three files into ``out_dir`` (created), each via a temp file renamed in."""
+    """Write a report into a NEW directory next to ``out_dir`` and swap it in.
+
+    The report that was at ``out_dir`` is kept as ``out_dir.prev`` (one generation); files named
+    in ``carry`` (e.g. a junit.xml pytest just wrote there) move into the new report. Callers
+    write only when a run has results: a run that ran no case keeps the previous report."""
     recs = _order(validate(records))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = ReportPaths(out_dir / "results.json", out_dir / "index.html", out_dir / "summary.md")
+    out_dir = Path(out_dir)
+    check_target(out_dir)
+    out_dir.absolute().parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.absolute().parent))
     doc = {"schema": SCHEMA, "meta": meta or {}, "results": recs}
-    for path, text in (
-        (paths.results_json, json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n"),
-        (paths.index_html, render_html(recs, meta)),
-        (paths.summary_md, render_summary(recs, meta)),
-    ):
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    return paths
+    try:
+        write_file(
+            staging / "results.json", json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n"
+        )
+        write_file(staging / "index.html", render_html(recs, meta))
+        write_file(staging / "summary.md", render_summary(recs, meta))
+        for name in carry:
+            source = out_dir / name
+            if source.is_file() and not source.is_symlink():
+                os.rename(source, staging / name)
+        os.chmod(staging, 0o777 & ~_umask())
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ReportPaths(out_dir / "results.json", out_dir / "index.html", out_dir / "summary.md")
 
 
-def load(path: Path) -> list[dict[str, Any]]:
-    """The records of a results.json (or of the directory holding one)."""
+def kept_message(out_dir: Path) -> str:
+    """What a run that executed no case says about ``out_dir`` (it leaves it untouched)."""
+    if has_report(out_dir):
+        return f"no case ran: the previous report is kept at {out_dir / 'index.html'}"
+    return f"no case ran: no report written to {out_dir}"
+
+
+def load_report(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The records and meta of a results.json (or of the directory holding one)."""
     if path.is_dir():
         path = path / "results.json"
     try:
@@ -341,8 +452,19 @@ def load(path: Path) -> list[dict[str, Any]]:
         raise ReportError(
             f"no results at {path}; run the suite with --lvs-report DIR first"
         ) from None
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path} is not JSON ({exc}); regenerate it") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ReportError(f"{path} is not JSON ({str(exc)[:200]}); regenerate it") from None
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc.strerror}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
         raise ReportError(f"{path} has no 'results' list; is it an lvsconf results.json?")
-    return validate(doc["results"])
+    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+    try:
+        return validate(doc["results"]), meta
+    except ReportError as exc:
+        raise ReportError(f"{path}: {exc}") from None
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    """The records of a results.json (or of the directory holding one)."""
+    return load_report(path)[0]

@@ -158,3 +158,77 @@ def test_summary_names_implementations_left_out(tmp_path: Path) -> None:
     meta = {"left_out": [{"implementation": "kernel", "reason": reason}]}
     paths = report.write(tmp_path, RECORDS, meta=meta)
     assert f"- not run: **kernel** ({reason})" in paths.summary_md.read_text()
+
+
+# --------------------------------------------------------------------------- report swap
+
+
+def _results(directory: Path) -> list[dict[str, object]]:
+    return json.loads((directory / "results.json").read_text())["results"]
+
+
+def test_a_report_is_swapped_in_and_the_replaced_one_kept_one_generation(tmp_path: Path) -> None:
+    out = tmp_path / "lvs-report"
+    report.write(out, RECORDS[:1])
+    report.write(out, RECORDS[:2])
+    assert len(_results(out)) == 2 and len(_results(report.previous(out))) == 1
+    report.write(out, RECORDS[:3])
+    assert len(_results(out)) == 3 and len(_results(report.previous(out))) == 2
+    # nothing else is left next to the report (no staging directory, no temporary file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lvs-report", "lvs-report.prev"]
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.json", "summary.md"]
+
+
+def test_a_planted_symlink_is_never_followed(tmp_path: Path) -> None:
+    """The old writer wrote DIR/results.json.part following a symlink planted there."""
+    out = tmp_path / "lvs-report"
+    report.write(out, RECORDS[:1])
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    for name in ("results.json", "index.html", "summary.md"):
+        (out / f"{name}.part").symlink_to(victim)
+    report.write(out, RECORDS)
+    assert victim.read_text() == "precious\n"
+    assert len(_results(out)) == 4 and not (out / "results.json").is_symlink()
+
+
+def test_a_symlinked_or_foreign_target_is_refused_untouched(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "results.json").write_text("{}")
+    out = tmp_path / "lvs-report"
+    report.write(out, RECORDS[:1])
+    report.previous(out).symlink_to(victim)  # the next swap would move the report there
+    with pytest.raises(report.ReportError, match="is a symbolic link"):
+        report.write(out, RECORDS)
+    assert (victim / "results.json").read_text() == "{}" and len(_results(out)) == 1
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    with pytest.raises(report.ReportError, match="holds files but no lvsconf report"):
+        report.write(home, RECORDS)
+    assert (home / "notes.txt").read_text() == "mine"
+    assert not report.previous(home).exists()
+
+
+def test_a_run_without_any_case_keeps_the_previous_report(tmp_path: Path) -> None:
+    from .test_plugin import _run
+
+    out = tmp_path / "lvs-report"
+    first = _run(tmp_path, "--lvs-report", str(out))
+    good = (out / "results.json").read_text()
+    assert len(json.loads(good)["results"]) == 7, first.stdout + first.stderr
+    failed = _run(tmp_path, "-k", "no_such_case", "--lvs-report", str(out))
+    assert failed.returncode == pytest.ExitCode.USAGE_ERROR
+    assert (out / "results.json").read_text() == good
+    assert f"no case ran: the previous report is kept at {out / 'index.html'}" in failed.stdout
+    assert not report.previous(out).exists()
+    # a run that executed cases replaces it; the replaced report is one generation back, and
+    # the junit.xml pytest wrote into the report directory moves into the new report
+    again = _run(
+        tmp_path, "-k", "exact", "--lvs-report", str(out), "--junitxml", str(out / "j.xml")
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(_results(out)) == 2 and (report.previous(out) / "results.json").read_text() == good
+    assert "<testcase" in (out / "j.xml").read_text()
+    assert f"(previous: {report.previous(out)})" in again.stdout
