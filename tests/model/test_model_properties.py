@@ -1,5 +1,10 @@
 """Properties of the model (Hypothesis): persistence is keyed, the scheduler runs exactly when
-no valid template exists, and services do not leak state into each other."""
+no valid template exists, and services do not leak state into each other.
+
+The persistence property is a :class:`~hypothesis.stateful.RuleBasedStateMachine`: Hypothesis
+interleaves dest changes, new connections and clock advances, shrinks a failure to the shortest
+sequence of rules and prints it as replayable code (docs/semantics.md §2.4, §3.2, §3.4).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,14 @@ from dataclasses import dataclass
 
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from model_support import RIPS, VIP, cip, key, tcp
 
-from impl.director import Director, masked
+from impl.director import INVALID_PORT, Director, masked
 from impl.kernel_level import KernelLevel
 from impl.schedulers.base import DestState, Scheduler
 from impl.schedulers.registry import make_scheduler
-from impl.types import Dest, Flow, Proto, Service, Sysctls
+from impl.types import IPV4, Dest, Flow, Proto, Service, ServiceKey, Sysctls
 
 
 class CountingScheduler(Scheduler):
@@ -51,59 +57,106 @@ class Counting:
         return s
 
 
-# One step: ("flow", client n, dt) | ("weight", rs index, weight) | ("del"/"add", rs index)
-steps = st.lists(
-    st.one_of(
-        st.tuples(st.just("flow"), st.integers(1, 6), st.floats(0, 4)),
-        st.tuples(st.just("weight"), st.integers(0, 2), st.integers(0, 2)),
-        st.tuples(st.sampled_from(["del", "add"]), st.integers(0, 2)),
-    ),
-    max_size=40,
-)
+RS = st.integers(0, len(RIPS) - 1)
 
 
-@given(
-    steps,
-    st.sampled_from(["rr", "wlc", "sh", "lc"]),
-    st.booleans(),
-    st.sampled_from([0xFFFFFFFF, 0xFFFFFFFC]),
-)
-def test_template_decides_else_scheduler(trace, sched, eqt, mask) -> None:  # type: ignore[no-untyped-def]
-    """Same key + valid template => its dest, without asking the scheduler; no valid template
-    => exactly one scheduler call."""
-    counting = Counting([])
-    d = Director(sysctls=Sysctls(expire_quiescent_template=int(eqt)), scheduler_factory=counting)
-    svc = Service(key(80), sched, timeout=3, netmask=mask)
-    d.add_service(svc)
-    for r in RIPS:
-        d.add_dest(svc.key, Dest(r, 80))
-    (spy,) = counting.made
-    now, sport = 0.0, 10000
-    for step in trace:
-        if step[0] == "flow":
-            _, n, dt = step
-            now += dt
-            sport += 1
-            snet = masked(cip(n), svc)
-            live = {s.addr: s for s in d.dest_state(svc.key)}
-            tpl = [t for t in d.templates(now) if t.caddr == snet and t.vport == 80]
-            valid = [t for t in tpl if t.daddr in live and not (eqt and live[t.daddr].weight == 0)]
-            before = spy.calls
-            v = d.packet(tcp(cip(n), sport), now)
-            if valid:
-                assert v.dest == valid[0].daddr and spy.calls == before
-            else:
-                assert spy.calls == before + 1
-                assert v.kind in ("forward", "unreachable")
-        elif step[0] == "weight":
-            _, i, w = step
-            if any(s.addr == RIPS[i] for s in d.dest_state(svc.key)):
-                d.edit_dest(svc.key, Dest(RIPS[i], 80, w), now)
-        elif step[0] == "del":
-            if any(s.addr == RIPS[step[1]] for s in d.dest_state(svc.key)):
-                d.del_dest(svc.key, RIPS[step[1]], 80, now)
-        elif not any(s.addr == RIPS[step[1]] for s in d.dest_state(svc.key)):
-            d.add_dest(svc.key, Dest(RIPS[step[1]], 80), now)
+class TemplateDecidesElseScheduler(RuleBasedStateMachine):
+    """One persistent service on VIP:80 whose dests come and go, change weight, and clients
+    that open new connections as the clock moves on.
+
+    Claim (ip_vs_sched_persist, core.c 340-384, 6.12.117): a client group with a *valid*
+    template goes to the template's dest and the scheduler is not asked; without one the
+    scheduler is asked exactly once. Valid means its dest is still in the service, and with
+    expire_quiescent_template=1 also weight > 0 (ip_vs_check_template, conn.c 756-798)."""
+
+    @initialize(
+        scheduler=st.sampled_from(["rr", "wlc", "sh", "lc"]),
+        quiescent=st.booleans(),
+        netmask=st.sampled_from([0xFFFFFFFF, 0xFFFFFFFC]),
+    )
+    def build(self, scheduler: str, quiescent: bool, netmask: int) -> None:
+        self.quiescent = quiescent
+        counting = Counting([])
+        self.d = Director(
+            sysctls=Sysctls(expire_quiescent_template=int(quiescent)), scheduler_factory=counting
+        )
+        self.svc = Service(key(80), scheduler, timeout=3, netmask=netmask)
+        self.d.add_service(self.svc)
+        for rip in RIPS:
+            self.d.add_dest(self.svc.key, Dest(rip, 80))
+        (self.spy,) = counting.made
+        self.now = 0.0
+        self.sport = 10000
+
+    def _in_service(self, i: int) -> bool:
+        return any(s.addr == RIPS[i] for s in self.d.dest_state(self.svc.key))
+
+    @rule(i=RS)
+    def add_dest(self, i: int) -> None:
+        if not self._in_service(i):
+            self.d.add_dest(self.svc.key, Dest(RIPS[i], 80), self.now)
+
+    @rule(i=RS)
+    def delete_dest(self, i: int) -> None:
+        if self._in_service(i):
+            self.d.del_dest(self.svc.key, RIPS[i], 80, self.now)
+
+    @rule(i=RS, weight=st.integers(0, 2))
+    def set_weight(self, i: int, weight: int) -> None:
+        if self._in_service(i):
+            self.d.edit_dest(self.svc.key, Dest(RIPS[i], 80, weight), self.now)
+
+    @rule(seconds=st.floats(0, 4))
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.d.expire(self.now)
+
+    @rule(client=st.integers(1, 6))
+    def send(self, client: int) -> None:
+        """A new connection (a SYN from a fresh source port)."""
+        self.sport += 1
+        snet = masked(cip(client), self.svc)
+        live = {s.addr: s for s in self.d.dest_state(self.svc.key)}
+        valid = [
+            t
+            for t in self.d.templates(self.now)
+            if t.caddr == snet
+            and t.vport == 80
+            and t.daddr in live
+            and not (self.quiescent and live[t.daddr].weight == 0)
+        ]
+        before = self.spy.calls
+        decision = self.d.packet(tcp(cip(client), self.sport), self.now)
+        if valid:
+            assert decision.dest == valid[0].daddr, "a valid template decides"
+            assert self.spy.calls == before, "the scheduler was asked despite a valid template"
+        else:
+            assert self.spy.calls == before + 1, "no valid template: the scheduler, once"
+            assert decision.kind in ("forward", "unreachable")
+
+    @precondition(lambda self: hasattr(self, "d"))
+    @invariant()
+    def one_findable_template_per_client_group(self) -> None:
+        """Invalid templates are re-keyed to FFFF, so a key never finds two (conn.c 756-798)."""
+        keys = [
+            (t.caddr, t.vport)
+            for t in self.d.template_entries()
+            if t.vport != INVALID_PORT and t.linked
+        ]
+        assert len(keys) == len(set(keys)), keys
+
+    @precondition(lambda self: hasattr(self, "d"))
+    @invariant()
+    def templates_count_only_in_persistconns(self) -> None:
+        """Each dest's persistconns is the number of templates on it (conn.c 630-642)."""
+        templates = self.d.template_entries()
+        dests = {id(t.dest): t.dest for t in templates if t.dest is not None}
+        dests.update({id(s): s for s in self.d.dest_state(self.svc.key)})
+        for ds in dests.values():
+            assert ds.persistconns == sum(1 for t in templates if t.dest is ds), ds
+
+
+TestTemplateDecidesElseScheduler = TemplateDecidesElseScheduler.TestCase
 
 
 @given(
@@ -138,8 +191,6 @@ def test_services_do_not_leak(flows_a, noise) -> None:  # type: ignore[no-untype
 @given(st.lists(st.tuples(st.integers(1, 4), st.integers(0, 2), st.floats(0, 2)), max_size=30))
 def test_fwmark_one_server_per_client(flows) -> None:  # type: ignore[no-untyped-def]
     """All flows of one client carrying one mark reach one server while its template lives."""
-    from impl.types import IPV4, ServiceKey
-
     d = Director()
     svc = Service(ServiceKey(IPV4, fwmark=4), "rr", timeout=1000)
     d.add_service(svc)
