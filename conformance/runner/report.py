@@ -144,7 +144,7 @@ def matrix_text(records: Sequence[dict[str, Any]]) -> str:
 
 # --------------------------------------------------------------------------- HTML
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #bbb;padding:.2em .5em;vertical-align:top}
@@ -158,7 +158,7 @@ section{border-top:1px solid #ccc;margin-top:1em} tr.differs td{background:#fdd}
 """
 
 
-def _esc(value: object) -> str:
+def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -169,22 +169,22 @@ def anchor(index: int) -> str:
 def _evidence(index: int, rec: dict[str, Any]) -> str:
     v = rec["verdict"]
     parts = [
-        f'<section id="{anchor(index)}"><h3>{_esc(rec["rule"])} — {_esc(rec["implementation"])}'
-        f" @ {_esc(rec['kernel'])} — {_esc(rec['family'])}: "
-        f'<span class="v v-{_esc(v)}">{_esc(v)}</span></h3>',
+        f'<section id="{anchor(index)}"><h3>{esc(rec["rule"])} — {esc(rec["implementation"])}'
+        f" @ {esc(rec['kernel'])} — {esc(rec['family'])}: "
+        f'<span class="v v-{esc(v)}">{esc(v)}</span></h3>',
     ]
     if rec.get("title"):
-        parts.append(f"<p>{_esc(rec['title'])}</p>")
+        parts.append(f"<p>{esc(rec['title'])}</p>")
     if rec.get("source"):
-        parts.append(f"<p>kernel source: <code>{_esc(rec['source'])}</code></p>")
+        parts.append(f"<p>kernel source: <code>{esc(rec['source'])}</code></p>")
     if rec.get("grading"):
         parts.append(
-            f"<p>graded by {_esc(rec['grading'])}"
-            + (f"; timings {_esc(rec.get('timings'))}" if rec.get("timings") else "")
+            f"<p>graded by {esc(rec['grading'])}"
+            + (f"; timings {esc(rec.get('timings'))}" if rec.get("timings") else "")
             + "</p>"
         )
     if rec.get("detail"):
-        parts.append(f"<pre>{_esc(rec['detail'])}</pre>")
+        parts.append(f"<pre>{esc(rec['detail'])}</pre>")
     flows = rec.get("flows") or []
     if flows:
         expected, observed = rec.get("expected") or [], rec.get("observed") or []
@@ -199,15 +199,15 @@ def _evidence(index: int, rec: dict[str, Any]) -> str:
             cls = ' class="differs"' if e != o else ""
             m = model[i] if i < len(model) else ""
             parts.append(
-                f"<tr{cls}><td>{i + 1}</td><td><code>{_esc(f)}</code></td>"
-                f"<td>{_esc(m)}</td><td>{_esc(e)}</td><td>{_esc(o)}</td></tr>"
+                f"<tr{cls}><td>{i + 1}</td><td><code>{esc(f)}</code></td>"
+                f"<td>{esc(m)}</td><td>{esc(e)}</td><td>{esc(o)}</td></tr>"
             )
         parts.append("</table>")
     for check in rec.get("templates") or []:
         obs = check.get("observed")
         parts.append(
             f"<p>templates after step {int(check.get('step', 0)) + 1} "
-            f"(t={_esc(check.get('at'))}s)</p><table><tr><th>model</th>"
+            f"(t={esc(check.get('at'))}s)</p><table><tr><th>model</th>"
             f"<th>{'implementation' if obs is not None else 'implementation (not exposed)'}"
             "</th></tr>"
         )
@@ -216,15 +216,15 @@ def _evidence(index: int, rec: dict[str, Any]) -> str:
         for i in range(max(len(exp), len(obs_rows), 1)):
             a = exp[i] if i < len(exp) else ""
             b = obs_rows[i] if i < len(obs_rows) else ""
-            parts.append(f"<tr><td><code>{_esc(a)}</code></td><td><code>{_esc(b)}</code></td></tr>")
+            parts.append(f"<tr><td><code>{esc(a)}</code></td><td><code>{esc(b)}</code></td></tr>")
         parts.append("</table>")
     if rec.get("scenario"):
         parts.append(
-            f"<details><summary>scenario (ipvsadm)</summary><pre>{_esc(rec['scenario'])}"
+            f"<details><summary>scenario (ipvsadm)</summary><pre>{esc(rec['scenario'])}"
             "</pre></details>"
         )
     if rec.get("nodeid"):
-        parts.append(f"<p><small>pytest {_esc(rec['nodeid'])}</small></p>")
+        parts.append(f"<p><small>pytest {esc(rec['nodeid'])}</small></p>")
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -236,28 +236,24 @@ def render_html(records: Sequence[dict[str, Any]], meta: dict[str, Any] | None =
     counts = totals(recs)
     out = [
         "<!doctype html><html><head><meta charset='utf-8'><title>lvsconf conformance</title>",
-        f"<style>{_CSS}</style></head><body><h1>lvsconf conformance</h1>",
-        "<p>"
-        + _esc(", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no results")
-        + "</p>",
+        f"<style>{CSS}</style></head><body><h1>lvsconf conformance</h1>",
+        "<p>" + esc(", ".join(f"{n} {v}" for v, n in counts.items() if n) or "no results") + "</p>",
     ]
     if meta:
         out.append(
             "<p><small>"
-            + _esc("; ".join(f"{k}: {v}" for k, v in meta.items() if v))
+            + esc("; ".join(f"{k}: {v}" for k, v in meta.items() if v))
             + "</small></p>"
         )
-    out.append(f"<p><small>{_esc(LEGEND)}</small></p>")
+    out.append(f"<p><small>{esc(LEGEND)}</small></p>")
     out.append(
         '<table class="matrix"><tr><th>rule</th>'
-        + "".join(
-            f"<th>{_esc(impl)}<br><small>{_esc(kernel)}</small></th>" for impl, kernel in cols
-        )
+        + "".join(f"<th>{esc(impl)}<br><small>{esc(kernel)}</small></th>" for impl, kernel in cols)
         + "</tr>"
     )
     for rule in rules(recs):
         title = next((r.get("title", "") for r in recs if r["rule"] == rule), "")
-        row = [f'<tr><td class="rule" title="{_esc(title)}">{_esc(rule)}</td>']
+        row = [f'<tr><td class="rule" title="{esc(title)}">{esc(rule)}</td>']
         for col in cols:
             links = []
             for fam, (verdict, idx) in zip(FAMILIES, _cell(recs, rule, col), strict=True):
@@ -265,8 +261,8 @@ def render_html(records: Sequence[dict[str, Any]], meta: dict[str, Any] | None =
                     links.append('<span class="v">-</span>')
                 else:
                     links.append(
-                        f'<a class="v v-{_esc(verdict)}" href="#{anchor(idx)}" '
-                        f'title="{_esc(fam)}: {_esc(verdict)}">{LETTERS[verdict]}</a>'
+                        f'<a class="v v-{esc(verdict)}" href="#{anchor(idx)}" '
+                        f'title="{esc(fam)}: {esc(verdict)}">{LETTERS[verdict]}</a>'
                     )
             row.append("<td>" + "".join(links) + "</td>")
         out.append("".join(row) + "</tr>")
