@@ -26,13 +26,57 @@ from impl.kernel_level import DEFAULT, KernelLevel
 from impl.types import Decision, Flow, IPAddress, PacketKind, Proto, Sysctls, Template
 
 _KINDS: tuple[str, ...] = get_args(PacketKind)
-_PROTOS = {"tcp": Proto.TCP, "udp": Proto.UDP, "sctp": Proto.SCTP}
+_PROTOS = {
+    "tcp": Proto.TCP,
+    "udp": Proto.UDP,
+    "sctp": Proto.SCTP,
+    "icmp": Proto.ICMP,
+    "icmpv6": Proto.ICMPV6,
+}
+#: The model's clock is a float of seconds; beyond ~31 years a timeline is a typo (and 1e308
+#: would lose every sub-second step to rounding).
+MAX_SECONDS = 1e9
+#: How much of a bad token an error line repeats (the rest becomes "…").
+TOKEN_ECHO = 40
+#: A Call-ID in ``sip=ID``: visible ASCII, no '#' (comments) and no ';' or ',' (SIP separators).
+_CALL_ID = re.compile(r"^[!-~]{1,128}$")
 _ENDPOINT = r"(\[[0-9A-Fa-f:.]+\]|[0-9.]+):(\d+)"
 _FLOW = re.compile(rf"^\s*(\w+)\s+{_ENDPOINT}\s*->\s*{_ENDPOINT}((?:\s+\S+)*)\s*$")
 FLOW_SYNTAX = (
-    "PROTO SADDR:SPORT -> DADDR:DPORT [mark=N] [KIND], e.g. "
+    "PROTO SADDR:SPORT -> DADDR:DPORT [mark=N] [KIND] [sip=CALLID | payload=HEX], e.g. "
     "'tcp 198.18.16.10:40000 -> 198.19.0.1:80'"
 )
+
+
+def clip(text: str, limit: int = TOKEN_ECHO) -> str:
+    """``repr`` of a user's token, cut to ``limit`` characters with an ellipsis: an error line
+    stays one bounded line whatever the input."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "…"
+
+
+def bounded(message: str, limit: int = 600) -> str:
+    """One line of at most ``limit`` characters: every word longer than 3 * TOKEN_ECHO is cut
+    (the fix at the end of the line survives), newlines become spaces."""
+    words = [w if len(w) <= 3 * TOKEN_ECHO else w[: 3 * TOKEN_ECHO] + "…" for w in message.split()]
+    line = " ".join(words)
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def sip_invite(call_id: str) -> bytes:
+    """A minimal SIP INVITE carrying ``call_id`` (what ``sip=ID`` on a flow line sends)."""
+    lines = [
+        "INVITE sip:bob@example.invalid SIP/2.0",
+        "Via: SIP/2.0/UDP client.example.invalid;branch=z9hG4bKlvsconf",
+        "Max-Forwards: 70",
+        "From: <sip:alice@example.invalid>;tag=1",
+        "To: <sip:bob@example.invalid>",
+        f"Call-ID: {call_id}",
+        "CSeq: 1 INVITE",
+        "Content-Length: 0",
+        "",
+        "",
+    ]
+    return "\r\n".join(lines).encode()
 
 
 class PredictError(ModelError):
@@ -99,11 +143,12 @@ def _addr(text: str, where: str) -> IPAddress:
         addr = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         raise PredictError(
-            f"{where}: bad address {text!r} (use an IPv4 address or an IPv6 address in brackets)"
+            f"{where}: bad address {clip(text)} (use an IPv4 address or an IPv6 address in "
+            "brackets)"
         ) from None
     if bracket != (addr.version == 6):
         raise PredictError(
-            f"{where}: address {text!r}: IPv6 goes in brackets, IPv4 does not "
+            f"{where}: address {clip(text)}: IPv6 goes in brackets, IPv4 does not "
             "(e.g. [2001:db8::1]:80, 198.19.0.1:80)"
         )
     return addr
@@ -112,48 +157,89 @@ def _addr(text: str, where: str) -> IPAddress:
 def parse_flow(text: str, where: str = "flow") -> Flow:
     m = _FLOW.match(text)
     if not m:
-        raise PredictError(f"{where}: cannot read flow {text.strip()!r} (write {FLOW_SYNTAX})")
+        raise PredictError(f"{where}: cannot read flow {clip(text.strip())} (write {FLOW_SYNTAX})")
     proto = _PROTOS.get(m[1].lower())
     if proto is None:
-        raise PredictError(f"{where}: unknown protocol {m[1]!r} (use tcp, udp or sctp)")
+        raise PredictError(
+            f"{where}: unknown protocol {clip(m[1])} (use tcp, udp, sctp, icmp or icmpv6)"
+        )
     saddr, daddr = _addr(m[2], where), _addr(m[4], where)
     if saddr.version != daddr.version:
         raise PredictError(
             f"{where}: source and destination families differ (use two IPv4 or two IPv6 addresses)"
         )
-    sport, dport = int(m[3]), int(m[5])
-    if sport > 65535 or dport > 65535:
+    if (proto is Proto.ICMP and saddr.version != 4) or (
+        proto is Proto.ICMPV6 and saddr.version != 6
+    ):
+        raise PredictError(f"{where}: icmp is for IPv4, icmpv6 for IPv6 (use the matching one)")
+    if len(m[3]) > 5 or len(m[5]) > 5 or int(m[3]) > 65535 or int(m[5]) > 65535:
         raise PredictError(f"{where}: port out of range (use 0..65535)")
-    mark, kind = 0, None
+    sport, dport = int(m[3]), int(m[5])
+    mark, kind, payload = 0, None, b""
     for extra in m[6].split():
+        if extra.startswith(("sip=", "payload=")):
+            if payload:
+                raise PredictError(f"{where}: two payloads on one flow (give sip= or payload=)")
+            payload = _payload(extra, proto, where)
+            continue
         if extra.startswith("mark="):
             value = extra[5:]
             try:
                 mark = int(value, 0)
             except ValueError:
                 mark = -1
-            if not 0 <= mark <= 0xFFFFFFFF:
+            if len(value) > 12 or not 0 <= mark <= 0xFFFFFFFF:
                 raise PredictError(
-                    f"{where}: bad fwmark {value!r} (use mark=N, N in 0..4294967295)"
+                    f"{where}: bad fwmark {clip(value)} (use mark=N, N in 0..4294967295)"
                 )
         elif extra in _KINDS:
             kind = extra
         else:
             raise PredictError(
-                f"{where}: unknown flow attribute {extra!r} (use mark=N or a "
-                f"packet kind: {', '.join(_KINDS)})"
+                f"{where}: unknown flow attribute {clip(extra)} (use mark=N, sip=CALLID, "
+                f"payload=HEX or a packet kind: {', '.join(_KINDS)})"
             )
-    return Flow(proto, saddr, sport, daddr, dport, kind, mark)  # type: ignore[arg-type]
+    return Flow(proto, saddr, sport, daddr, dport, kind, mark, payload)  # type: ignore[arg-type]
+
+
+def _payload(token: str, proto: Proto, where: str) -> bytes:
+    """``sip=CALLID`` (a SIP INVITE with that Call-ID) or ``payload=HEX`` (raw bytes)."""
+    if proto is not Proto.UDP:
+        raise PredictError(f"{where}: only UDP flows carry a payload (drop {clip(token)})")
+    name, _, value = token.partition("=")
+    if name == "sip":
+        if not _CALL_ID.match(value):
+            raise PredictError(
+                f"{where}: bad Call-ID {clip(value)} (use sip=ID, 1..128 visible characters)"
+            )
+        return sip_invite(value)
+    try:
+        data = bytes.fromhex(value)
+    except ValueError:
+        data = b""
+    if not data or len(data) > 1400:
+        raise PredictError(
+            f"{where}: bad payload {clip(value)} (use payload=HEX, 1..1400 bytes, e.g. "
+            "payload=64617461)"
+        )
+    return data
+
+
+def parse_seconds(text: str, where: str, what: str = "time") -> float:
+    """Seconds 0..MAX_SECONDS from ``text`` (a time or a wait), else one clear line."""
+    try:
+        seconds = float(text) if len(text) <= 32 else -1.0
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise PredictError(
+            f"{where}: bad {what} {clip(text)} (give seconds 0..{MAX_SECONDS:.0f}, e.g. 12.5)"
+        )
+    return seconds
 
 
 def parse_time(text: str, where: str) -> At:
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds < float("inf"):
-        raise PredictError(f"{where}: bad time {text!r} (give seconds >= 0, e.g. 12.5)")
-    return At(seconds)
+    return At(parse_seconds(text, where))
 
 
 def parse_flows_file(text: str, filename: str) -> list[Event]:

@@ -3,9 +3,13 @@
     lvsconf predict --rules rules.txt --flow 'tcp 198.18.16.10:40000 -> 198.19.0.1:80' \\
         [--flow ...] [--flows FILE] [--at SECONDS] [--kernel-release REL] \\
         [--sysctl name=value] [--json]
+    lvsconf predict --scenario FILE [--kernel-release REL] [--json]
 
 ``--flow``, ``--flows`` and ``--at`` are taken in command-line order; ``--at`` sets the model
 clock (absolute seconds since the rules were loaded) before the flows that follow it.
+``--scenario`` reads one timeline file (rules, flows, waits, edits, sysctls; see README
+"Scenario files"): one result per flow, in order; an ``expect`` line the model breaks is
+printed as ``FILE:LINE: expected ..., the model decides ...`` and the exit status is 1.
 Bad input prints one line and exits 2.
 """
 
@@ -18,8 +22,20 @@ from typing import Any
 
 from impl.errors import ModelError
 from impl.ipvsadm import parse_rules, replay
-from impl.kernel_level import DEFAULT, parse_release
-from impl.predict import Event, PredictError, parse_flow, parse_flows_file, parse_time, predict
+from impl.kernel_level import DEFAULT, KernelLevel, parse_release
+from impl.predict import (
+    FLOW_SYNTAX,
+    Event,
+    PredictError,
+    Prediction,
+    bounded,
+    clip,
+    parse_flow,
+    parse_flows_file,
+    parse_time,
+    predict,
+)
+from impl.timeline import expect_failures, parse_sysctl, parse_timeline, predict_timeline
 
 
 class _Ordered(argparse.Action):
@@ -46,9 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--rules",
-        required=True,
         metavar="FILE",
         help="ipvsadm-save / ipvsadm -Sn output or ipvsadm command lines",
+    )
+    p.add_argument(
+        "--scenario",
+        metavar="FILE",
+        help="a scenario file: rules, flows, waits, edits and sysctls in time order",
     )
     p.add_argument(
         "--flow",
@@ -94,34 +114,66 @@ def _read(path: str, what: str) -> str:
             return fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise PredictError(
-            f"cannot read {what} {path!r}: {exc} (give a readable text file)"
+            f"cannot read {what} {clip(path)}: {exc} (give a readable text file)"
         ) from None
 
 
 def _sysctls(items: list[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        name = name.strip().removeprefix("net.ipv4.vs.")
-        try:
-            out[name] = int(value, 0)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise PredictError(
-                f"bad --sysctl {item!r} (write NAME=INTEGER, e.g. expire_quiescent_template=1)"
-            )
-    return out
+    return dict(parse_sysctl(item, "--sysctl") for item in items)
+
+
+def _level(release: str | None) -> KernelLevel:
+    if not release:
+        return DEFAULT
+    try:
+        return parse_release(release)
+    except ValueError as exc:
+        raise PredictError(f"--kernel-release: {exc}") from None
+
+
+def _print(results: list[Prediction], as_json: bool) -> None:
+    if as_json:
+        json.dump([r.as_json() for r in results], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for r in results:
+            print(r)
+
+
+def _run_scenario(args: argparse.Namespace) -> int:
+    extra = [
+        name
+        for name, given in (
+            ("--rules", args.rules),
+            ("--flow/--flows/--at", args.events),
+            ("--sysctl", args.sysctl),
+        )
+        if given
+    ]
+    if extra:
+        raise PredictError(
+            f"--scenario does not combine with {', '.join(extra)} (write them into the "
+            "scenario file: rule lines, flow lines, @ SECONDS, sysctl NAME=VALUE)"
+        )
+    level = _level(args.kernel_release)
+    timeline = parse_timeline(_read(args.scenario, "scenario file"), args.scenario)
+    if not timeline.scenario.flows():
+        raise PredictError(f"{args.scenario}: no flows (add a flow line such as {FLOW_SYNTAX})")
+    results = predict_timeline(timeline, level)
+    _print(results, args.json)
+    broken = expect_failures(timeline, [r.verdict for r in results], args.scenario)
+    for line in broken:
+        print(f"lvsconf predict: {line}", file=sys.stderr)
+    return 1 if broken else 0
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        level = DEFAULT
-        if args.kernel_release:
-            try:
-                level = parse_release(args.kernel_release)
-            except ValueError as exc:
-                raise PredictError(f"--kernel-release: {exc}") from None
+        if args.scenario:
+            return _run_scenario(args)
+        if not args.rules:
+            raise PredictError("give --rules FILE (with --flow/--flows) or --scenario FILE")
+        level = _level(args.kernel_release)
         ops = parse_rules(_read(args.rules, "rules file"), args.rules)
         replay(ops, args.rules)  # state errors (dest without service, ...) name the rules line
         events: list[Event] = []
@@ -136,12 +188,7 @@ def run(args: argparse.Namespace) -> int:
             raise PredictError("no flows given (add --flow '...' or --flows FILE)")
         results = predict(ops, events, level, _sysctls(args.sysctl))
     except ModelError as exc:
-        print(f"lvsconf predict: {exc}", file=sys.stderr)
+        print(f"lvsconf predict: {bounded(str(exc))}", file=sys.stderr)
         return 2
-    if args.json:
-        json.dump([r.as_json() for r in results], sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        for r in results:
-            print(r)
+    _print(results, args.json)
     return 0

@@ -36,7 +36,7 @@ def test_parse_flow_forms() -> None:
     "text, part",
     [
         ("tcp 198.18.16.10 -> 198.19.0.1:80", "cannot read flow"),
-        ("icmp 198.18.16.10:1 -> 198.19.0.1:80", "unknown protocol 'icmp'"),
+        ("gre 198.18.16.10:1 -> 198.19.0.1:80", "unknown protocol 'gre'"),
         ("tcp 198.18.16.10:1 -> 198.19.0.1:80 mark=x", "bad fwmark 'x'"),
         ("tcp 198.18.16.10:1 -> 198.19.0.1:70000", "port out of range"),
         ("tcp 2001:db8::1:1 -> 198.19.0.1:80", "cannot read flow"),
@@ -119,7 +119,7 @@ def test_cli_json_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "unknown sysctl 'nope'" in err(
         "--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80", "--sysctl", "nope=1"
     )
-    assert "bad --sysctl" in err("--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80", "--sysctl", "x")
+    assert "--sysctl: bad sysctl 'x'" in err("--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80", "--sysctl", "x")
     assert "--kernel-release" in err(
         "--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80", "--kernel-release", "banana"
     )
