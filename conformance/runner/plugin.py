@@ -285,6 +285,8 @@ def pytest_runtest_makereport(
     callspec = getattr(item, "callspec", None)
     impl_name, family = callspec.params["case"] if callspec is not None else ("?", 0)
     record = build_record(info, item.nodeid, impl_name, family, verdict, rep, kernel_label())
+    if case_obj is not None:  # the level the model replicated (lvsconf diff names its changes)
+        record["model_level"] = case_obj.level.label
     if case_obj is not None and case_obj.result is not None:
         record.update(case_obj.result.to_record())
         record["verdict"] = verdict  # the pytest outcome wins (xfail, errors after the run)

@@ -230,5 +230,6 @@ def test_a_run_without_any_case_keeps_the_previous_report(tmp_path: Path) -> Non
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(_results(out)) == 2 and (report.previous(out) / "results.json").read_text() == good
+    assert {r["model_level"] for r in _results(out)} == {"6.1.192"}  # what lvsconf diff reads
     assert "<testcase" in (out / "j.xml").read_text()
     assert f"(previous: {report.previous(out)})" in again.stdout
