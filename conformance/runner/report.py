@@ -401,12 +401,14 @@ def write(
     records: Sequence[dict[str, Any]],
     meta: dict[str, Any] | None = None,
     carry: Sequence[str] = (),
+    extra: dict[str, str] | None = None,
 ) -> ReportPaths:
     """Write a report into a NEW directory next to ``out_dir`` and swap it in.
 
     The report that was at ``out_dir`` is kept as ``out_dir.prev`` (one generation); files named
-    in ``carry`` (e.g. a junit.xml pytest just wrote there) move into the new report. Callers
-    write only when a run has results: a run that ran no case keeps the previous report."""
+    in ``carry`` (e.g. a junit.xml pytest just wrote there) move into the new report, ``extra``
+    maps further file names to their text. Callers write only when a run has results: a run
+    that ran no case keeps the previous report."""
     recs = _order(validate(records))
     out_dir = Path(out_dir)
     check_target(out_dir)
@@ -419,6 +421,8 @@ def write(
         )
         write_file(staging / "index.html", render_html(recs, meta))
         write_file(staging / "summary.md", render_summary(recs, meta))
+        for name, text in (extra or {}).items():
+            write_file(staging / Path(name).name, text)
         for name in carry:
             source = out_dir / name
             if source.is_file() and not source.is_symlink():
