@@ -4,7 +4,8 @@ Declares the options and registers the parts, each in its own module:
 
 - :mod:`harness.fixtures` — run prefix, sweep at session start, ``topology``/``net`` fixtures;
 - :mod:`harness.lanes.pytest_lane` — kernel lanes (``--kernel``), VM runs, guest results;
-- :mod:`conformance.runner.plugin` — implementations (``--impl``), cases, verdicts, reports.
+- :mod:`conformance.runner.plugin` — implementations (``--impl``), cases, verdicts, reports;
+- :mod:`conformance.runner.scenario_files` — ``*.scn`` scenario files collected as cases.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import importlib
 
 import pytest
 
-_PARTS = ("harness.fixtures", "harness.lanes.pytest_lane", "conformance.runner.plugin")
+from harness.settings import SettingsError
+
+_PARTS = (
+    "harness.fixtures",
+    "harness.lanes.pytest_lane",
+    "conformance.runner.plugin",
+    "conformance.runner.scenario_files",
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,6 +54,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     for name in _PARTS:
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except SettingsError as exc:  # a bad LVSCONF_* variable: one line, not a traceback
+            raise pytest.UsageError(str(exc)) from None
         if not config.pluginmanager.is_registered(module):
             config.pluginmanager.register(module, f"lvsconf-{name}")
