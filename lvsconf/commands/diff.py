@@ -32,6 +32,10 @@ def _kernels(records: list[dict[str, Any]]) -> str:
     return ", ".join(sorted({str(r.get("kernel", "?")) for r in records})) or "?"
 
 
+def _impls(records: list[dict[str, Any]]) -> str:
+    return ", ".join(sorted({r["implementation"] for r in records}))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         old = select(load(Path(args.old)), args.old_kernel, args.impl)
@@ -43,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
                     "check them against the kernel labels in its report"
                 )
         cmp = compare(old, new)
+        if not cmp.lanes:
+            raise UpgradeError(
+                f"no implementation is in both reports (OLD: {_impls(old)}; NEW: {_impls(new)}); "
+                "compare reports of the same implementation"
+            )
         if args.html:
             write_file(Path(args.html), render_html(cmp, args.old, args.new))
     except (ReportError, UpgradeError) as exc:

@@ -193,6 +193,17 @@ def test_odd_evidence_fields_do_not_crash() -> None:
     assert change.label == "unexplained" and change.flows[0].new == "rs2:80"
 
 
+def test_reports_without_a_common_implementation_are_refused(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    a = _write(tmp_path / "a", OLD[3:])
+    b = _write(tmp_path / "b", NEW)
+    assert main(["diff", str(a), str(b)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "lvsconf diff: no implementation is in both reports (OLD: reference; NEW: kernel); "
+        "compare reports of the same implementation"
+    ]
+
+
 def test_missing_report_is_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     a = _write(tmp_path / "a", OLD)
     assert main(["diff", str(a), str(tmp_path / "missing")]) == 2
