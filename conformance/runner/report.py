@@ -18,6 +18,7 @@ import contextlib
 import html
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -275,6 +276,27 @@ def render_html(records: Sequence[dict[str, Any]], meta: dict[str, Any] | None =
 # --------------------------------------------------------------------------- Markdown
 
 
+def problem_lines(rec: dict[str, Any], limit: int = 5) -> list[str]:
+    """The case's own problem lines: the record's ``problems``, else those in its failure text,
+    else pytest's ``E`` lines (never the traceback's ``case = <object at 0x…>`` line)."""
+    problems = rec.get("problems")
+    lines = [str(p) for p in problems] if isinstance(problems, list) else []
+    detail = str(rec.get("detail") or "")
+    if not lines and "\nproblems:\n" in detail:
+        tail = detail.split("\nproblems:\n", 1)[1].splitlines()
+        lines = [ln.strip()[2:] for ln in tail if ln.strip().startswith("- ")]
+    if not lines:
+        lines = [ln[1:].strip() for ln in detail.splitlines() if ln.startswith("E ")]
+        lines = [ln for ln in lines if ln]
+    if not lines:
+        lines = [
+            ln.strip()
+            for ln in detail.splitlines()
+            if ln.strip() and not re.match(r"^\(?\w+ = <.*>\)?$", ln.strip())
+        ][:1]
+    return [ln if len(ln) <= 240 else ln[:237] + "..." for ln in lines[:limit]]
+
+
 def render_summary(records: Sequence[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
     """summary.md for a CI job summary: totals, the matrix, the failures in short."""
     recs = _order(validate(records))
@@ -306,7 +328,7 @@ def render_summary(records: Sequence[dict[str, Any]], meta: dict[str, Any] | Non
     if bad:
         lines.append("## Failures")
         for r in bad:
-            first = (r.get("detail") or "").strip().splitlines()[:1]
+            first = problem_lines(r, limit=1)
             lines.append(
                 f"- `{r['rule']}` {r['implementation']} @ {r['kernel']} {r['family']}: "
                 f"{r['verdict']}" + (f" — {first[0][:200]}" if first else "")

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from conformance.runner.report import problem_lines
 from conformance.runner.templates import expires_tolerance
 from impl.kernel_changes import differences
 from impl.kernel_level import KernelLevel, parse_release
@@ -139,26 +140,6 @@ def rows_equal(a: list[str] | None, b: list[str] | None) -> bool:
         if ea is not None and eb is not None and abs(ea - eb) > expires_tolerance(max(ea, eb)):
             return False
     return True
-
-
-def problem_lines(rec: dict[str, Any], limit: int = 5) -> list[str]:
-    """The case's own problem lines: the record's ``problems``, else those in its failure text,
-    else pytest's ``E`` lines (never the traceback's ``case = <object at 0x…>`` line)."""
-    lines = _strings(rec.get("problems"))
-    detail = str(rec.get("detail") or "")
-    if not lines and "\nproblems:\n" in detail:
-        tail = detail.split("\nproblems:\n", 1)[1].splitlines()
-        lines = [ln.strip()[2:] for ln in tail if ln.strip().startswith("- ")]
-    if not lines:
-        lines = [ln[1:].strip() for ln in detail.splitlines() if ln.startswith("E ")]
-        lines = [ln for ln in lines if ln]
-    if not lines:
-        lines = [
-            ln.strip()
-            for ln in detail.splitlines()
-            if ln.strip() and not re.match(r"^\(?\w+ = <.*>\)?$", ln.strip())
-        ][:1]
-    return [ln if len(ln) <= 240 else ln[:237] + "..." for ln in lines[:limit]]
 
 
 def level_of(rec: dict[str, Any]) -> KernelLevel | None:

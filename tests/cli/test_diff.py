@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from conformance.runner.upgrade import compare, problem_lines, rows_equal
+from conformance.runner.report import problem_lines
+from conformance.runner.upgrade import compare, rows_equal
 from impl.kernel_changes import CHANGES, differences
 from impl.kernel_level import KernelLevel, parse_release
 from lvsconf.cli import main

@@ -233,3 +233,12 @@ def test_a_run_without_any_case_keeps_the_previous_report(tmp_path: Path) -> Non
     assert {r["model_level"] for r in _results(out)} == {"6.1.192"}  # what lvsconf diff reads
     assert "<testcase" in (out / "j.xml").read_text()
     assert f"(previous: {report.previous(out)})" in again.stdout
+
+
+def test_summary_failures_show_the_case_problem_not_the_traceback(tmp_path: Path) -> None:
+    detail = "case = <harness.casework.Case object at 0x7f00>\n\n    def test_x(case):\nE   boom"
+    failing = _rec(
+        "c-rule", "kernel", "ipv4", "fail", detail=detail, problems=["flow 2: rs1 vs rs2"]
+    )
+    md = report.write(tmp_path / "out", [failing]).summary_md.read_text()
+    assert "fail — flow 2: rs1 vs rs2" in md and "object at 0x" not in md
