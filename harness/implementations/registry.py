@@ -1,9 +1,11 @@
 """Resolve ``--impl`` names to :class:`~harness.api.Implementation` objects.
 
 Names are ``kernel`` (kernel IPVS, run in the selected kernel lane: the host when it has IPVS,
-else a VM), ``reference`` (the userspace reference datapath), ``nftlb`` (the nftlb daemon; opt-in,
-never in the default selection), or ``module:attr`` naming a user's
-object: an Implementation instance, or a class / zero-argument factory returning one.
+else a VM), ``reference`` (the userspace reference datapath), ``nftlb`` (the nftlb daemon) and
+``keepalived`` (keepalived programming kernel IPVS; both opt-in, never in the default
+selection), ``exec:MANIFEST`` (a black-box program described by a TOML manifest, see
+:mod:`harness.implementations.exec`), or ``module:attr`` naming a user's object: an
+Implementation instance, or a class / zero-argument factory returning one.
 
 The default (no ``--impl``) is every implementation available here: the reference (the host
 kernel has TUN, which is all it needs) and the kernel (through the host or a VM lane). A built-in
@@ -25,6 +27,7 @@ BUILTINS: dict[str, str] = {
     "kernel": "harness.implementations.kernel:KernelIPVS",
     # opt-in only (not in DEFAULT_ORDER): a third-party daemon not everybody has installed
     "nftlb": "harness.implementations.nftlb:Nftlb",
+    "keepalived": "harness.implementations.keepalived:Keepalived",
 }
 #: order of the default selection (and of report columns)
 DEFAULT_ORDER: tuple[str, ...] = ("kernel", "reference")
@@ -108,11 +111,18 @@ def resolve_one(name: str) -> Implementation:
             raise ImplError(
                 f"--impl {name}: the built-in implementation is not available here ({exc})"
             ) from exc
+    if name.startswith("exec:"):
+        from harness.implementations.exec import ManifestError, implementation  # noqa: PLC0415
+
+        try:
+            return implementation(name)
+        except ManifestError as exc:
+            raise ImplError(str(exc)) from None
     if ":" in name:
         return _instantiate(name, _load_attr(name))
     raise ImplError(
         f"--impl {name!r}: unknown implementation; use one of {', '.join(sorted(DEFAULT_ORDER))}"
-        f"{_opt_in_hint()} or module:attr naming your own"
+        f"{_opt_in_hint()}, exec:MANIFEST (a black-box program) or module:attr naming your own"
     )
 
 

@@ -228,8 +228,9 @@ def test_bad_impl_is_one_clear_line(tmp_path: Path) -> None:
     assert proc.returncode == pytest.ExitCode.USAGE_ERROR
     errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert errors == [
-        "ERROR: --impl 'nope': unknown implementation; use one of kernel, "
-        "reference (opt-in: nftlb) or module:attr naming your own"
+        "ERROR: --impl 'nope': unknown implementation; use one of kernel, reference "
+        "(opt-in: keepalived, nftlb), exec:MANIFEST (a black-box program) or module:attr "
+        "naming your own"
     ], proc.stderr
     assert "Traceback" not in proc.stderr
 
