@@ -9,17 +9,18 @@ Layered like pyroute2's fixtures; each docstring states name, scope and dependen
         └── topology_spec (function) ── net (function: built, torn down after the test)
                                      └── make_net (function: factory, one Fwd per real server)
 
-At session start, stale runs (owner process gone) are swept, with one line if anything went.
-SIGTERM becomes KeyboardInterrupt in the main thread, so pytest still tears fixtures down.
+Only a session that uses the harness is touched: at the first use of ``lvs_run``, stale runs
+(owner process gone) are swept, with one line if anything went, and SIGINT/SIGTERM become
+KeyboardInterrupt once (later ones are ignored with a notice), so pytest still tears fixtures
+down (:func:`harness.runs.install_interrupt_policy`). Other pytest sessions in the same
+virtualenv load this plugin but see no sweep and no signal handler.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -42,38 +43,39 @@ def _require_root() -> None:
         pytest.skip(NEEDS_ROOT)
 
 
-def _sigterm_to_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
+_notice = {"fd": 0}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "topology(**kwargs): Topology keyword arguments for the topology_spec fixture"
     )
-    if threading.current_thread() is threading.main_thread() and (
-        signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
-    ):
-        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    # output capture is off here: keep the terminal's stderr for the cleanup notice, which a
+    # signal handler may have to print while a test's output is being captured
+    if not _notice["fd"]:  # once per process (pytester may configure many sessions)
+        _notice["fd"] = os.dup(sys.stderr.fileno())
+        runs.notice_to(_notice["fd"])
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if not _is_root():
-        return
+def _sweep_stale_runs() -> None:
     report = runs.sweep()
     if report.removed_anything:
-        print(
+        line = (
             f"lvsconf: swept stale runs {', '.join(report.removed_records)}: "
-            f"{len(report.removed_namespaces)} namespaces, {len(report.killed)} processes",
-            file=sys.stderr,
+            f"{len(report.removed_namespaces)} namespaces, {len(report.killed)} processes\n"
         )
+        # the terminal's stderr: a fixture's own output would be captured and dropped
+        os.write(_notice["fd"] or sys.stderr.fileno(), line.encode())
 
 
 @pytest.fixture(scope="session")
 def lvs_run() -> Iterator[runs.Run]:
     """Name: lvs_run. Scope: session (one per xdist worker). Depends on: nothing.
 
-    The run: a unique name prefix and an owner record; closing it removes what is left."""
+    The run: a unique name prefix and an owner record; closing it removes what is left.
+    Its first use in a session sweeps stale runs first."""
     _require_root()
+    _sweep_stale_runs()
     run = runs.Run()
     try:
         yield run

@@ -29,9 +29,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STATE_DIR = Path(os.environ.get("LVSCONF_STATE_DIR", "/run/lvsconf"))
+from harness import settings
+
+STATE_DIR = settings.current().state_dir
 OWNERS_DIR = STATE_DIR / "owners"
 SCRATCH_DIR = STATE_DIR / "scratch"  # per-run files (sockets, configs, logs); swept with the run
+#: how long a sweep or close waits for what it SIGKILLed to be gone (exited, or a zombie)
+KILL_WAIT = 10.0
 NETNS_DIR = Path("/run/netns")
 #: a run prefix: "lc", 4 hex digits, one worker character
 PREFIX_RE = re.compile(r"^lc[0-9a-f]{4}[0-9a-z]")
@@ -199,8 +203,11 @@ class Run:
         self.worker = os.environ.get("PYTEST_XDIST_WORKER", "")
         self._children: list[ChildRecord] = []
         self._seq = 0
-        self._lock = threading.Lock()
+        # reentrant: a KeyboardInterrupt between acquire and the with-block's try can leave it
+        # held by this (main) thread; teardown in the same thread must still get it
+        self._lock = threading.RLock()
         self.closed = False
+        install_interrupt_policy()
         OWNERS_DIR.mkdir(parents=True, exist_ok=True)
         for _ in range(64):
             prefix = f"lc{secrets.token_hex(2)}{_worker_char()}"
@@ -285,7 +292,8 @@ class Run:
         """Kill remaining children, remove leftover namespaces, then drop the owner record."""
         if self.closed:
             return
-        _kill_children(self._children)
+        killed = _kill_children(self._children)
+        wait_gone([c for c in self._children if c.pid in killed], KILL_WAIT)
         for ns in self.namespaces():
             remove_netns(ns)
         shutil.rmtree(SCRATCH_DIR / self.prefix, ignore_errors=True)
@@ -319,6 +327,7 @@ def default_run() -> Run:
 
 
 def _kill_children(children: list[ChildRecord]) -> list[int]:
+    """SIGKILL the live ``children`` (a group leader with its group); return their pids."""
     killed = []
     for c in children:
         if not is_alive(c.pid, c.start):
@@ -336,6 +345,24 @@ def _kill_children(children: list[ChildRecord]) -> list[int]:
     return killed
 
 
+def wait_gone(children: list[ChildRecord], timeout: float) -> list[int]:
+    """Wait (bounded) until ``children`` are gone; return the pids still running after it.
+
+    SIGKILL is asynchronous: the target dies only once it is scheduled again, which on a loaded
+    machine takes a while. A dead child stays in /proc as a zombie until its parent reaps it (an
+    orphan's new parent, often PID 1 in a container, may never reap promptly); a zombie holds
+    no namespace and runs no code, so it counts as gone (:func:`proc_start_time`).
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    pending = [c for c in children if is_alive(c.pid, c.start)]
+    while pending and time.monotonic() < deadline:
+        time.sleep(delay)  # polling interval of a bounded wait
+        delay = min(delay * 2, 0.05)
+        pending = [c for c in pending if is_alive(c.pid, c.start)]
+    return [c.pid for c in pending]
+
+
 # --- the sweep ------------------------------------------------------------------------------
 
 
@@ -347,6 +374,7 @@ class SweepReport:
     killed: list[int] = field(default_factory=list)
     removed_records: list[str] = field(default_factory=list)
     live: list[str] = field(default_factory=list)  # prefixes of live runs, untouched
+    survivors: list[int] = field(default_factory=list)  # killed, still running after KILL_WAIT
     unowned: list[str] = field(default_factory=list)  # our pattern, no record: left alone
 
     @property
@@ -356,6 +384,10 @@ class SweepReport:
     def lines(self) -> list[str]:
         out = [f"removed namespace {n}" for n in self.removed_namespaces]
         out += [f"killed process {p}" for p in self.killed]
+        out += [
+            f"process {p} still running {KILL_WAIT:.0f} s after SIGKILL (stuck in the kernel?)"
+            for p in self.survivors
+        ]
         out += [f"removed owner record {r}" for r in self.removed_records]
         out += [f"left alone (no owner record): {n}" for n in self.unowned]
         return out
@@ -407,7 +439,9 @@ def sweep() -> SweepReport:
                 for c in (listed if isinstance(listed, list) else [])
                 if isinstance(c, dict)
             ]
-            report.killed += _kill_children(children)
+            killed = _kill_children(children)
+            report.killed += killed
+            report.survivors += wait_gone([c for c in children if c.pid in killed], KILL_WAIT)
             for ns in list_netns():
                 if ns.startswith(prefix) and remove_netns(ns):
                     report.removed_namespaces.append(ns)
@@ -421,21 +455,53 @@ def sweep() -> SweepReport:
     return report
 
 
+# --- interrupts -----------------------------------------------------------------------------
+
+CLEANUP_NOTICE = "lvsconf: cleanup in progress, please wait\n"
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+_interrupt = {"seen": False, "said": False, "fd": 2}
+
+
+def _on_interrupt(signum: int, frame: object) -> None:
+    # The first SIGINT/SIGTERM unwinds the stack (KeyboardInterrupt: LIFO teardown runs in
+    # every finally/__exit__ on the way). Any later one must not cut that teardown short, so it
+    # is ignored, with one notice - as the kernel selftests' cleanup traps do.
+    if _interrupt["seen"]:
+        if not _interrupt["said"]:
+            _interrupt["said"] = True
+            with contextlib.suppress(OSError):
+                os.write(_interrupt["fd"], CLEANUP_NOTICE.encode())
+        return
+    _interrupt["seen"] = True
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def notice_to(fd: int) -> None:
+    """Write the cleanup notice to ``fd`` (pytest hands over the terminal's stderr)."""
+    _interrupt["fd"] = fd
+
+
+def install_interrupt_policy() -> None:
+    """In the main thread: SIGINT and SIGTERM raise KeyboardInterrupt once, then are ignored
+    (with one notice on stderr) for the rest of the process, so teardown always finishes.
+
+    Installed by every process that creates things (:class:`Run`, :func:`sigterm_as_interrupt`).
+    A signal the process was started with ignored (a background job of a non-interactive shell
+    ignores SIGINT) stays ignored, and a handler someone else installed is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _INTERRUPTS:
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+            signal.signal(sig, _on_interrupt)
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """In the main thread, turn SIGTERM into KeyboardInterrupt so LIFO teardown still runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _raise(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    """SIGTERM (like SIGINT) becomes KeyboardInterrupt, so LIFO teardown still runs; a second
+    signal cannot interrupt that teardown (:func:`install_interrupt_policy`)."""
+    install_interrupt_policy()
+    yield
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 import lvsconf.commands
+from harness.settings import SettingsError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except SettingsError as exc:  # a bad LVSCONF_* variable, met while importing a command
+        print(f"lvsconf: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

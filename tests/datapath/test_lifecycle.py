@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from childwatch import Children
 
 from harness import runs
 from harness.api import DirectorHandle, Implementation
@@ -150,12 +151,14 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def _spawn(tmp_path: Path, argv_tail: list[str], name: str) -> tuple[subprocess.Popen[bytes], dict]:
+def _spawn(
+    children: Children, tmp_path: Path, argv_tail: list[str], name: str
+) -> tuple[subprocess.Popen[bytes], dict]:
     script = tmp_path / "test_child_datapath.py"
     script.write_text(_CHILD.format(root=str(ROOT), name=name))
     state = tmp_path / "state.json"
     env = dict(os.environ, H6_STATE=str(state), PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
+    proc = children.popen(
         [sys.executable, *argv_tail, str(script)],
         cwd=tmp_path,
         env=env,
@@ -169,7 +172,7 @@ def _spawn(tmp_path: Path, argv_tail: list[str], name: str) -> tuple[subprocess.
             "the child to start its datapath",
         )
     except BaseException:
-        proc.kill()
+        children.kill(proc)
         raise
     if proc.poll() is not None:
         out = proc.stdout.read().decode() if proc.stdout else ""
@@ -177,26 +180,27 @@ def _spawn(tmp_path: Path, argv_tail: list[str], name: str) -> tuple[subprocess.
     return proc, json.loads(state.read_text())
 
 
-def test_interrupted_pytest_leaves_nothing(tmp_path: Path) -> None:
+def test_interrupted_pytest_leaves_nothing(tmp_path: Path, children: Children) -> None:
     """Ctrl-C (SIGINT) on a pytest run: teardown stops the datapath, namespaces go."""
     proc, state = _spawn(
+        children,
         tmp_path,
         ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)],
         "test_wait_in_datapath",
     )
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    out, _ = children.communicate(proc, 60)
     assert proc.returncode in (1, 2), out.decode()  # interrupted (2) or failed by interrupt
     assert not runs.is_alive(state["pid"], state["start"]), out.decode()
     remaining = set(runs.list_netns()) & set(state["netns"])
     assert not remaining, remaining
 
 
-def test_killed_harness_takes_the_datapath_along(tmp_path: Path) -> None:
+def test_killed_harness_takes_the_datapath_along(tmp_path: Path, children: Children) -> None:
     """SIGKILL of the harness: PR_SET_PDEATHSIG kills the datapath; the sweep removes the rest."""
-    proc, state = _spawn(tmp_path, [], "main")
+    proc, state = _spawn(children, tmp_path, [], "main")
     proc.kill()
-    proc.wait(timeout=30)
+    children.wait(proc, 30)
     wait_until(
         lambda: not runs.is_alive(state["pid"], state["start"]),
         10,

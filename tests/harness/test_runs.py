@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from childwatch import Children, watching
 from pyroute2 import IPRoute
 
 from harness import runs
@@ -44,21 +45,27 @@ PYTEST_CHILD = [
 
 
 def read_until(proc: subprocess.Popen[str], word: str, timeout: float = 30.0) -> str:
-    """The first stdout line of ``proc`` starting with ``word`` (deadline ``timeout``)."""
+    """The first stdout line of ``proc`` starting with ``word`` (deadline ``timeout``).
+
+    Reads the raw fd line by line itself: select() on a buffered text stream misses lines
+    already sitting in its buffer (two lines arriving in one read)."""
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
     deadline = time.monotonic() + timeout
-    seen = []
+    seen = b""
     while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([proc.stdout], [], [], left)
+        ready, _, _ = select.select([fd], [], [], left)
         if not ready:
             break
-        line = proc.stdout.readline()
-        if not line:
+        byte = os.read(fd, 1)  # one byte: nothing of a later line is consumed
+        if not byte:
             break
-        seen.append(line)
-        if line.startswith(word):
-            return line.strip()
-    raise AssertionError(f"child never printed {word!r}; output: {''.join(seen)!r}")
+        seen += byte
+        if byte == b"\n":
+            line = seen.rsplit(b"\n", 2)[-2].decode()
+            if line.startswith(word):
+                return line.strip()
+    raise AssertionError(f"child never printed {word!r}; output: {seen.decode()!r}")
 
 
 def leftovers(prefix: str) -> list[str]:
@@ -92,6 +99,9 @@ MID_BUILD_CHILD = textwrap.dedent("""
         with build(Topology(), run) as net:
             print("BUILT", flush=True)
     finally:
+        if "--park-in-teardown" in sys.argv:
+            print("TEARDOWN", flush=True)
+            sys.stdin.readline()  # parked in teardown: more signals arrive here
         sleeper.kill()
         sleeper.wait()
         run.close()
@@ -112,14 +122,15 @@ def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, 
 
 
 def start_mid_build_child(
-    tmp_path: Path, env: dict[str, str] | None = None
+    children: Children, tmp_path: Path, env: dict[str, str] | None = None, *flags: str
 ) -> tuple[subprocess.Popen[str], str, int, int]:
     script = tmp_path / "mid_build_child.py"
     script.write_text(MID_BUILD_CHILD)
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
+    proc = children.popen(
+        [sys.executable, str(script), *flags],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
@@ -130,17 +141,19 @@ def start_mid_build_child(
 
 
 def test_killed_run_is_swept_and_live_runs_are_left_alone(
-    tmp_path: Path, net: Net, private_state: dict[str, str]
+    tmp_path: Path, net: Net, private_state: dict[str, str], children: Children
 ) -> None:
     """SIGKILL mid-build leaves namespaces, a record and a registered process; the next sweep
     removes exactly those, while a concurrent live run (a second child parked mid-build) and
     this test's own ``net`` (recorded elsewhere: unowned here) keep everything."""
-    killed, dead_prefix, sleeper, sleeper_start = start_mid_build_child(tmp_path, private_state)
-    live, live_prefix, live_sleeper, _ = start_mid_build_child(tmp_path, private_state)
+    killed, dead_prefix, sleeper, sleeper_start = start_mid_build_child(
+        children, tmp_path, private_state
+    )
+    live, live_prefix, live_sleeper, _ = start_mid_build_child(children, tmp_path, private_state)
     try:
         live_before = leftovers(live_prefix)
         killed.kill()
-        killed.wait(timeout=CHILD_TIMEOUT)
+        children.wait(killed, CHILD_TIMEOUT)
         assert leftovers(dead_prefix), "SIGKILL should have left objects behind"
         assert runs.is_alive(sleeper, sleeper_start)
 
@@ -149,6 +162,8 @@ def test_killed_run_is_swept_and_live_runs_are_left_alone(
         assert dead_prefix in report.removed_records
         assert leftovers(dead_prefix) == []
         assert sleeper in report.killed
+        assert report.survivors == []
+        # the sweep waited until the sleeper was gone (a zombie counts: its parent was killed)
         assert not runs.is_alive(sleeper, sleeper_start)
         assert live_prefix in report.live
         assert {n.netns for n in net.nodes} <= set(report.unowned)
@@ -157,21 +172,98 @@ def test_killed_run_is_swept_and_live_runs_are_left_alone(
     finally:
         assert live.stdin is not None
         live.stdin.close()  # release the parked build: it finishes and cleans up itself
-        live.wait(timeout=CHILD_TIMEOUT)
+        children.wait(live, CHILD_TIMEOUT)
     assert leftovers(live_prefix) == []
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_during_build_leaves_nothing(tmp_path: Path, sig: signal.Signals) -> None:
-    proc, prefix, sleeper, sleeper_start = start_mid_build_child(tmp_path)
+def test_signal_during_build_leaves_nothing(
+    tmp_path: Path, sig: signal.Signals, children: Children
+) -> None:
+    proc, prefix, sleeper, sleeper_start = start_mid_build_child(children, tmp_path)
     proc.send_signal(sig)
-    proc.wait(timeout=CHILD_TIMEOUT)
+    children.wait(proc, CHILD_TIMEOUT)
     assert proc.returncode != 0  # interrupted, not finished
     assert leftovers(prefix) == []
     assert not runs.is_alive(sleeper, sleeper_start)
 
 
-def test_sigterm_during_a_pytest_case_tears_fixtures_down(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_more_signals_during_teardown_do_not_cut_it_short(
+    tmp_path: Path, sig: signal.Signals, children: Children
+) -> None:
+    """The first signal unwinds; three more while teardown runs are ignored with one notice,
+    and teardown still kills the registered process and closes the run."""
+    proc, prefix, sleeper, sleeper_start = start_mid_build_child(
+        children, tmp_path, None, "--park-in-teardown"
+    )
+    proc.send_signal(sig)
+    read_until(proc, "TEARDOWN")
+    for _ in range(3):
+        proc.send_signal(sig)
+    assert proc.stdin is not None
+    proc.stdin.write("\n")  # release the parked teardown
+    proc.stdin.flush()
+    _, err = children.communicate(proc, CHILD_TIMEOUT)
+    assert err.count(runs.CLEANUP_NOTICE.strip()) == 1, err
+    assert "KeyboardInterrupt" in err  # from the first signal only: one traceback
+    assert err.count("Traceback") == 1, err
+    assert leftovers(prefix) == []
+    assert not runs.is_alive(sleeper, sleeper_start)
+
+
+def test_wait_gone_counts_a_zombie_as_gone_and_is_bounded() -> None:
+    zombie = subprocess.Popen(["sleep", "300"])  # our child: a zombie until we reap it
+    alive = subprocess.Popen(["sleep", "300"])
+    try:
+        records = [
+            runs.ChildRecord(p.pid, runs.proc_start_time(p.pid) or -1) for p in (zombie, alive)
+        ]
+        os.kill(zombie.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        assert runs.wait_gone(records[:1], 10.0) == []
+        assert Path(f"/proc/{zombie.pid}").exists()  # not reaped: a zombie, and gone for us
+        assert runs.wait_gone(records[1:], 0.3) == [alive.pid]
+        assert time.monotonic() - t0 < 5.0
+    finally:
+        for p in (zombie, alive):
+            p.kill()
+            p.wait()
+
+
+UNRELATED_SESSION = textwrap.dedent("""
+    import signal
+    def test_unrelated():
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+""")
+
+
+def test_only_a_session_that_uses_the_harness_sweeps(
+    tmp_path: Path, private_state: dict[str, str], children: Children
+) -> None:
+    """The plugin loads in every pytest session of the virtualenv: a session that never uses
+    the harness neither sweeps nor changes signal handling; the first use of lvs_run sweeps."""
+    stale = runs.OWNERS_DIR / "lc0000m.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"prefix": "lc0000m", "pid": 1, "start": -1, "children": []}))
+    (tmp_path / "unrelated" / "test_unrelated.py").parent.mkdir()
+    (tmp_path / "unrelated" / "test_unrelated.py").write_text(UNRELATED_SESSION)
+    plugin = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+    proc = children.run([*plugin, "unrelated"], CHILD_TIMEOUT, cwd=tmp_path, env=private_state)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert stale.exists(), "a session that never used the harness swept"
+    (tmp_path / "user" / "test_user.py").parent.mkdir()
+    (tmp_path / "user" / "test_user.py").write_text("def test_user(lvs_run):\n    pass\n")
+    proc = children.run([*plugin, "user"], CHILD_TIMEOUT, cwd=tmp_path, env=private_state)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not stale.exists(), "the first use of lvs_run did not sweep"
+    assert b"swept stale runs lc0000m" in proc.stderr
+
+
+def test_sigterm_during_a_pytest_case_tears_fixtures_down(
+    tmp_path: Path, children: Children
+) -> None:
     """SIGTERM to a pytest session while a case holds ``net``: the fixtures' SIGTERM handler
     turns it into KeyboardInterrupt and pytest still tears the topology and the run down."""
     (tmp_path / "test_parked.py").write_text(
@@ -184,13 +276,13 @@ def test_sigterm_during_a_pytest_case_tears_fixtures_down(tmp_path: Path) -> Non
                 time.sleep(0.05)
     """)
     )
-    proc = subprocess.Popen(
+    proc = children.popen(
         [*PYTEST_CHILD, str(tmp_path)], cwd=tmp_path, stdout=subprocess.PIPE, text=True
     )
     prefix = read_until(proc, "MID").split()[1]
     assert leftovers(prefix)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=CHILD_TIMEOUT)
+    children.wait(proc, CHILD_TIMEOUT)
     assert proc.returncode == 2  # pytest's "interrupted"
     assert leftovers(prefix) == []
 
@@ -269,14 +361,14 @@ def observed_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
     out = tmp / "out.json"
     before = host_snapshot()
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [*PYTEST_CHILD, str(tmp)],
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT,
-        env={**os.environ, "H3_OUT": str(out)},
-    )
+    with watching(tmp) as children:
+        proc = children.run(
+            [*PYTEST_CHILD, str(tmp)],
+            CHILD_TIMEOUT,
+            cwd=tmp,
+            text=True,
+            env={**os.environ, "H3_OUT": str(out)},
+        )
     took = time.monotonic() - t0
     after = host_snapshot()
     return {
@@ -330,17 +422,16 @@ PARALLEL_TEST = textwrap.dedent("""
 """)
 
 
-def test_xdist_workers_build_at_once_without_collisions(tmp_path: Path) -> None:
+def test_xdist_workers_build_at_once_without_collisions(tmp_path: Path, children: Children) -> None:
     pytest.importorskip("xdist")
     (tmp_path / "test_parallel.py").write_text(PARALLEL_TEST)
     sync = tmp_path / "sync"
     sync.mkdir()
-    proc = subprocess.run(
+    proc = children.run(
         [*PYTEST_CHILD, "-n", "2", "--dist", "each", str(tmp_path)],
+        CHILD_TIMEOUT,
         cwd=tmp_path,
-        capture_output=True,
         text=True,
-        timeout=CHILD_TIMEOUT,
         env={**os.environ, "H3_SYNC": str(sync)},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -353,17 +444,15 @@ def test_xdist_workers_build_at_once_without_collisions(tmp_path: Path) -> None:
         assert leftovers(info["prefix"]) == []
 
 
-def test_cli_sweep_prints_what_it_removed(tmp_path: Path, private_state: dict[str, str]) -> None:
-    proc, prefix, sleeper, _ = start_mid_build_child(tmp_path, private_state)
+def test_cli_sweep_prints_what_it_removed(
+    tmp_path: Path, private_state: dict[str, str], children: Children
+) -> None:
+    proc, prefix, sleeper, _ = start_mid_build_child(children, tmp_path, private_state)
     names = [n for n in runs.list_netns() if n.startswith(prefix)]
     proc.kill()
-    proc.wait(timeout=CHILD_TIMEOUT)
-    out = subprocess.run(
-        [sys.executable, "-m", "lvsconf.cli", "sweep"],
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT,
-        env=private_state,
+    children.wait(proc, CHILD_TIMEOUT)
+    out = children.run(
+        [sys.executable, "-m", "lvsconf.cli", "sweep"], CHILD_TIMEOUT, text=True, env=private_state
     )
     assert out.returncode == 0, out.stderr
     for name in names:
