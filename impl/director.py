@@ -191,6 +191,10 @@ class Director:
         scheduler_factory: SchedulerFactory | None = None,
     ) -> None:
         self.level = level
+        # ip_vs_ct_in_get skips templates marked invalid by dport 0xFFFF (7.2; read per lookup)
+        self._skip_invalid = level.invalidate_by_dport
+        #: the netns has a connection table (7.2 attaches it with the first service)
+        self.conn_tab_attached = not level.conn_tab_per_netns
         self.sysctls = sysctls
         self.timeouts = timeouts
         #: addresses local to the director (cache_bypass only bypasses non-local unicast daddr)
@@ -238,6 +242,7 @@ class Director:
         self._check_service(service)
         sched = self._make_scheduler(service)
         svc = _Svc(service, [], sched)
+        self.conn_tab_attached = True  # ip_vs_add_service allocates it once (7.2)
         self._svcs[key] = svc
         self._svc_index.add(key, svc)
         if sched is not None:
@@ -610,15 +615,25 @@ class Director:
     # ------------------------------------------------------------------ templates
     def _ct_in_get(self, tkey: TemplateKey, pe_data: bytes | None) -> Entry | None:
         """ip_vs_ct_in_get (conn.c 349): first matching template; sip ct_match with pe_data.
-        ``tkey`` is built like :func:`_tkey`."""
+        ``tkey`` is built like :func:`_tkey`.
+
+        7.2 (KernelLevel.invalidate_by_dport): the plain match also requires dport != 0xFFFF,
+        which hides invalidated templates and valid ones whose dest port is 65535; the SIP
+        ct_match does not look at dport, so it still finds an invalidated Call-ID template."""
+        skip_invalid = self._skip_invalid and pe_data is None
         for ct in self._tindex.get(tkey, ()):
             if pe_data is not None and ct.pe_data != pe_data:
                 continue  # pe->ct_match: Call-ID bytes and length
+            if skip_invalid and ct.dport == INVALID_PORT:
+                continue
             return ct
         return None
 
     def _check_template(self, ct: Entry) -> bool:
-        """ip_vs_check_template(ct, NULL) (conn.c 756): invalidate with vport/dport FFFF."""
+        """ip_vs_check_template(ct, NULL) (conn.c 756): invalidate with vport/dport FFFF.
+
+        7.2 (KernelLevel.invalidate_by_dport): only dport becomes 0xFFFF; the template keeps its
+        key and its place in the chain (no rehash), ip_vs_check_template, ip_vs_conn.c 7.2.13."""
         dest = ct.dest
         if (
             dest is not None
@@ -626,6 +641,9 @@ class Director:
             and not (self.sysctls.expire_quiescent_template and dest.weight == 0)
         ):
             return True
+        if self._skip_invalid:
+            ct.dport = INVALID_PORT
+            return False
         if ct.vport != INVALID_PORT:
             self._unhash_template(ct)
             ct.vport = ct.dport = INVALID_PORT

@@ -1,4 +1,7 @@
-"""Render and parse ``/proc/net/ip_vs_conn`` and ``/proc/net/ip_vs`` exactly as Linux 6.1 does.
+"""Render and parse ``/proc/net/ip_vs_conn`` and ``/proc/net/ip_vs`` exactly as Linux does.
+
+The formats are the same from 5.10 to 7.2; only the table size in the ip_vs header differs
+(:func:`conn_tab_size`).
 
 Formats are the ``seq_printf`` strings of ``ip_vs_conn_seq_show`` (conn.c 1108) and
 ``ip_vs_info_seq_show`` (ctl.c 2216), Debian build (HZ=250, IP_VS_TAB_BITS=12). Quirks kept:
@@ -37,7 +40,11 @@ if TYPE_CHECKING:
     from impl.director import Director
 
 HZ = 250
-CONN_TAB_SIZE = 1 << 12
+CONN_TAB_SIZE = 1 << 12  # the global table, IP_VS_TAB_BITS=12 (before 7.2)
+#: 7.2's per-netns table (KernelLevel.conn_tab_per_netns) starts at 1 << IP_VS_CONN_TAB_MIN_BITS
+#: buckets and grows by delayed work once the entries pass size >> 2 (conn_lfactor -2 in a
+#: non-init netns: ip_vs_conn_default_load_factor, ip_vs_conn.c 7.2.13); growth is not modelled.
+NETNS_CONN_TAB_MIN = 1 << 8
 CONN_HEADER = "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData\n"
 INFO_HEADER = (
     f"IP Virtual Server version 1.2.1 (size={CONN_TAB_SIZE})\n"
@@ -218,10 +225,19 @@ def render_service(service: Service, dests: Iterable[tuple[Dest, int, int]]) -> 
     return "".join(out)
 
 
+def conn_tab_size(director: Director) -> int:
+    """The ``size=`` of the /proc/net/ip_vs header: the global 4096 before 7.2; on 7.2 the
+    netns's own table (ip_vs_info_seq_show -> get_conn_tab_size, ip_vs_ctl.c 7.2.13): 0 until
+    the first service attaches it, then its bucket count."""
+    if not director.level.conn_tab_per_netns:
+        return CONN_TAB_SIZE
+    return NETNS_CONN_TAB_MIN if director.conn_tab_attached else 0
+
+
 def render_ip_vs(director: Director) -> str:
     """``/proc/net/ip_vs`` for a model director: address services first, then fwmark ones
-    (the kernel walks its two hash tables in that order)."""
-    out = [INFO_HEADER]
+    (6.x walks its two hash tables in that order; 7.2 has one table, in hash order)."""
+    out = [INFO_HEADER.replace(f"size={CONN_TAB_SIZE})", f"size={conn_tab_size(director)})")]
     blocks = []
     for service, _ in director.services():
         states = director.dest_state(service.key)

@@ -286,7 +286,8 @@ class Template:
 
     ``vaddr`` is the VIP, or for fwmark templates (proto IP) the address whose first 32 bits are
     the mark (IPv4 ``0.0.0.N``). ``expires`` is whole seconds left (None when not known).
-    Invalidated templates have ``vport == dport == 0xFFFF``.
+    Invalidated templates have ``dport == 0xFFFF`` (before 7.2 also ``vport == 0xFFFF``: see
+    :attr:`impl.kernel_level.KernelLevel.invalidate_by_dport`).
     """
 
     family: Family
@@ -309,7 +310,10 @@ class Template:
 
     @property
     def invalidated(self) -> bool:
-        return self.vport == 0xFFFF
+        """ip_vs_check_template sets dport 0xFFFF in every release (5.10-7.2); only before 7.2 did
+        it also move the template to vport 0xFFFF. (A template to a real server on port 65535
+        reads the same; on 7.2 it is as unfindable as an invalidated one.)"""
+        return self.dport == 0xFFFF
 
 
 @dataclass(frozen=True, slots=True)

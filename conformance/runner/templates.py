@@ -62,7 +62,7 @@ def format_template(t: Template) -> str:
     def ep(a: IPAddress, p: int) -> str:
         return f"[{a}]:{p}" if a.version == 6 else f"{a}:{p}"
 
-    vport = "FFFF" if t.invalidated else str(t.vport)
+    vport = "FFFF" if t.vport == 0xFFFF else str(t.vport)  # 7.2 keeps it when invalidating
     dport = "FFFF" if t.dport == 0xFFFF else str(t.dport)
     vaddr = str(t.vaddr)
     vhost = f"[{vaddr}]" if t.vaddr.version == 6 else vaddr

@@ -47,7 +47,7 @@ SCHEDULERS: tuple[str, ...] = tuple(_CLASSES)
 
 
 class SchedulerUnavailable(UnknownScheduler):
-    """A scheduler that exists but is not in the modelled kernel (twos before 6.2)."""
+    """A scheduler that exists but is not in the modelled kernel (twos before Debian 6.11)."""
 
 
 def check_scheduler(name: str, level: KernelLevel | None = None) -> None:
@@ -56,8 +56,8 @@ def check_scheduler(name: str, level: KernelLevel | None = None) -> None:
         raise UnknownScheduler(f"unknown scheduler {name!r}: IPVS knows {', '.join(SCHEDULERS)}")
     if name == "twos" and level is not None and not level.has_twos:
         raise SchedulerUnavailable(
-            f"scheduler 'twos' is not in kernel {level.label} (it came with 6.2; Debian builds it"
-            " from 6.11); pick another scheduler or model a newer --kernel-release"
+            f"scheduler 'twos' is not in kernel {level.label} (Debian builds ip_vs_twos from 6.11;"
+            " 5.10 has none); pick another scheduler or model a newer --kernel-release"
         )
 
 
