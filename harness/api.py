@@ -8,7 +8,7 @@ scenario. Users add their own by naming an object implementing :class:`Implement
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from impl.scenario import Scenario
@@ -37,6 +37,10 @@ class Outcome:
     port: int | None = None
     encapsulated: bool = False
     elapsed: float = 0.0
+    #: time.monotonic() just before the flow's frame was sent (None: not sent by the engine).
+    #: The runner runs the model at this moment, so a slow harness between predicting and
+    #: sending cannot skew the model's timers against the director's.
+    sent_at: float | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         if self.kind == "forward":
@@ -49,7 +53,11 @@ class DirectorHandle(Protocol):
     """A configured, running director. Methods may be called while traffic flows."""
 
     def now(self) -> float:
-        """The director-side monotonic clock, in seconds (the model's clock follows it)."""
+        """The director-side monotonic clock, in seconds (the model's clock follows it).
+
+        It must be CLOCK_MONOTONIC of the machine that sends the traffic (``time.monotonic()``;
+        it is not namespaced): the runner places each flow on this clock by the engine's send
+        timestamp (:attr:`Outcome.sent_at`)."""
         ...
 
     def add_dest(self, key: ServiceKey, dest: Dest) -> None: ...

@@ -216,23 +216,27 @@ class Case:
         def clock() -> float:
             return handle.now() - t0
 
+        def sent_time(observed: Outcome) -> float:
+            # an injected traffic function (the runner's own tests) may not stamp its sends
+            return clock() if observed.sent_at is None else observed.sent_at - t0
+
         services = {c.service.key: c.service for c in scenario.services}
         unpriv = scenario.sysctls.ip_unprivileged_port_start
         stretch = 0  # bumped by every step that may change which template a flow finds
         for index, step in enumerate(scenario.steps):
             if isinstance(step, Send):
                 flows = [scenario.mark(f) for f in step.flows]
+                # The model decides each flow at the moment the engine sent it (on the director's
+                # clock), not when the runner got there: a slow first send in a fresh guest
+                # must not shift the model's timers against the director's.
                 if step.ordered:
                     for flow in flows:
-                        verdict = model.packet(flow, clock())
                         (observed,) = self._send(net, [flow], "ordered")
+                        verdict = model.packet(flow, sent_time(observed))
                         self._record(result, flow, verdict, observed, services, unpriv, stretch)
                 else:
-                    now = clock()
-                    verdicts = [model.packet(f, now) for f in flows]
-                    for flow, verdict, observed in zip(
-                        flows, verdicts, self._send(net, flows, "batch"), strict=True
-                    ):
+                    for flow, observed in zip(flows, self._send(net, flows, "batch"), strict=True):
+                        verdict = model.packet(flow, sent_time(observed))
                         self._record(result, flow, verdict, observed, services, unpriv, stretch)
                 now = clock()
                 observed_table = handle.templates()

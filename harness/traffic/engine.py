@@ -44,7 +44,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Literal
 
@@ -299,7 +299,8 @@ class _Tracker:
         for i, flow in enumerate(self.flows):
             outcome = self.outcomes[i]
             assert outcome is not None
-            out.append(FlowResult(flow, outcome, tuple(self.seen_at[i])))
+            timed = replace(outcome, sent_at=self.sent_at[i])
+            out.append(FlowResult(flow, timed, tuple(self.seen_at[i])))
         return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -13,9 +14,9 @@ from conformance.runner.outcomes import expected_outcome, same_outcome
 from conformance.runner.templates import compare_templates, expires_tolerance
 from harness.api import Outcome
 from impl.scenario import Advance, DelDest, Send
-from impl.types import IPV4, IPV6, Decision, Fwd, Proto, Service, ServiceKey, Template
+from impl.types import IPV4, IPV6, Decision, Flow, Fwd, Proto, Service, ServiceKey, Template
 
-from .fakes import FakeImpl, make_case, persistent_scenario, relabel
+from .fakes import FakeImpl, FakeNet, make_case, persistent_scenario, relabel
 
 VIP = ipaddress.ip_address("198.19.0.1")
 RIP1 = ipaddress.ip_address("198.18.10.11")
@@ -287,3 +288,21 @@ def test_record_is_json_serialisable() -> None:
     text = json.dumps(rec)
     assert rec["verdict"] == "exact" and len(rec["flows"]) == 4
     assert rec["templates"][0]["observed"] and "timings" in rec and "198.19.0.1" in text
+
+
+def test_model_runs_at_the_send_time_not_when_the_runner_predicted() -> None:
+    """A slow first send (a fresh guest importing and opening sockets) must not move the
+    model's timers: the model decides each flow at the engine's send timestamp."""
+    impl = FakeImpl()
+    case, net = make_case(impl)
+
+    def slow_traffic(fnet: FakeNet, flows: Sequence[Flow], mode: str) -> list[Outcome]:
+        impl.clock.sleep(7.0)  # the harness is slow before the frame leaves
+        assert fnet.handle is not None
+        return [replace(fnet.handle.deliver(f), sent_at=impl.clock.now()) for f in flows]
+
+    case._traffic = slow_traffic  # what make_case wired, but slow
+    result = case.run(persistent_scenario(case, timeout=30))
+    assert result.verdict == "exact", result.explain()
+    # 7 s per flow: a model anchored at prediction time would be 7 s behind per template
+    assert not result.problems
