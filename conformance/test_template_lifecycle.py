@@ -93,15 +93,15 @@ def test_expiry_ops(case: Case) -> None:
     )
     r = case.run(scenario)
     r.assert_conforms()
-    assert r.rs(0) is not None and r.rs(1) == r.rs(0), f"within T: same server\n{r.explain()}"
+    assert r.rs(0) is not None and r.rs(1) == r.rs(0), "within T: same server"
     assert r.rs(2) is not None and r.rs(2) != r.rs(0), (
-        f"after T of silence: scheduled afresh, rr moves on\n{r.explain()}"
+        "after T of silence: scheduled afresh, rr moves on"
     )
     observed = r.templates_observed[2]
     if observed is not None:
         mine = of_client(observed, client)
         assert [t.daddr for t in mine] == [case.rip(r.rs(2) or 0)], (
-            f"only the new template is left for the client\n{r.explain()}"
+            "only the new template is left for the client"
         )
 
 
@@ -144,13 +144,13 @@ def test_refresh_on_new_conn(case: Case) -> None:
     r.assert_conforms()
     new_rs = [o.rs for f, o in zip(r.flows, r.observed, strict=True) if f.saddr == c_new]
     assert new_rs[0] is not None and new_rs == [new_rs[0]] * 5, (
-        f"a new connection every T/2 keeps the template (4 s > T=2 s)\n{r.explain()}"
+        "a new connection every T/2 keeps the template (4 s > T=2 s)"
     )
     observed = r.templates_observed[2]  # after the third tick, ~2 s after creation
     if observed is not None:
         old = of_client(observed, c_old)
         assert len(old) == 1 and old[0].expires is not None and old[0].expires <= 3, (
-            f"packets of an existing connection do not refresh its template\n{r.explain()}"
+            "packets of an existing connection do not refresh its template"
         )
 
 
@@ -182,13 +182,13 @@ def test_extension_60s(case: Case) -> None:
     r = case.run(scenario)
     r.assert_conforms()
     assert r.rs(0) is not None and r.rs(1) == r.rs(0), (
-        f"the template outlives T while it controls a connection\n{r.explain()}"
+        "the template outlives T while it controls a connection"
     )
     observed = r.templates_observed[1]
     if observed is not None:
         mine = of_client(observed, client)
         assert len(mine) == 1 and mine[0].expires is not None and 50 <= mine[0].expires <= 60, (
-            f"Expires jumps to about 60 s\n{r.explain()}"
+            "Expires jumps to about 60 s"
         )
 
 
@@ -227,13 +227,13 @@ def test_extension_sticky_60(case: Case) -> None:
     r.assert_conforms()
     servers = {r.rs(i) for i in range(len(r.flows))}
     assert len(servers) == 1 and None not in servers, (
-        f"every connection of the client stays on one server\n{r.explain()}"
+        "every connection of the client stays on one server"
     )
     observed = r.templates_observed[3]
     if observed is not None:
         mine = of_client(observed, client)
         assert len(mine) == 1 and mine[0].expires is not None and mine[0].expires >= 50, (
-            f"the re-armed template shows about 60 s, not T\n{r.explain()}"
+            "the re-armed template shows about 60 s, not T"
         )
 
 
@@ -270,14 +270,14 @@ def test_extension_expires(case: Case) -> None:
     )
     r = case.run(scenario)
     r.assert_conforms()
-    assert r.rs(0) is not None and r.rs(1) == r.rs(2) == r.rs(0), r.explain()
+    assert r.rs(0) is not None and r.rs(1) == r.rs(2) == r.rs(0)
     assert r.rs(3) is not None and r.rs(3) != r.rs(0), (
-        f"after the extended deadline the client is scheduled afresh\n{r.explain()}"
+        "after the extended deadline the client is scheduled afresh"
     )
     observed = r.templates_observed[2]
     if observed is not None:
         assert [t.daddr for t in of_client(observed, client)] == [case.rip(r.rs(3) or 0)], (
-            f"only the new template is left\n{r.explain()}"
+            "only the new template is left"
         )
 
 
@@ -306,16 +306,16 @@ def test_removed_dest(case: Case) -> None:
     )
     r = case.run(scenario)
     r.assert_conforms()
-    assert r.rs(0) == 2, f"rr's first pick is rs3\n{r.explain()}"
-    assert r.rs(1) is not None and r.rs(1) != 2, f"removed server: rescheduled\n{r.explain()}"
+    assert r.rs(0) == 2, "rr's first pick is rs3"
+    assert r.rs(1) is not None and r.rs(1) != 2, "removed server: rescheduled"
     after_delete, later = r.templates_observed[1], r.templates_observed[2]
     if after_delete is not None and later is not None:
         dead = [t for t in of_client(after_delete, client) if t.invalidated]
         assert len(dead) == 1 and dead[0].daddr == case.rip(2) and dead[0].dport == 0xFFFF, (
-            f"the old template lingers with TPrt/DPrt FFFF\n{r.explain()}"
+            "the old template lingers with TPrt/DPrt FFFF"
         )
         assert not [t for t in later if t.invalidated], (
-            f"the invalidated template expires on its own timer\n{r.explain()}"
+            "the invalidated template expires on its own timer"
         )
 
 
@@ -352,9 +352,9 @@ def test_revive(case: Case) -> None:
     )
     r = case.run(scenario)
     r.assert_conforms()
-    assert r.rs(0) == 2, f"rr's first pick is rs3\n{r.explain()}"
-    assert r.rs(2) == 2, f"the client returns to its revived server\n{r.explain()}"
-    assert r.rs(1) == 2, f"the revived dest is at the head: rr picks it next\n{r.explain()}"
+    assert r.rs(0) == 2, "rr's first pick is rs3"
+    assert r.rs(2) == 2, "the client returns to its revived server"
+    assert r.rs(1) == 2, "the revived dest is at the head: rr picks it next"
 
 
 @rule(
@@ -385,9 +385,9 @@ def test_weight0_default(case: Case) -> None:
     )
     r = case.run(scenario)
     r.assert_conforms()
-    assert r.rs(0) == 2 and r.rs(1) == 2, f"the persistent client stays on rs3\n{r.explain()}"
+    assert r.rs(0) == 2 and r.rs(1) == 2, "the persistent client stays on rs3"
     assert r.rs(2) not in (None, 2) and r.rs(3) not in (None, 2), (
-        f"new clients avoid the weight-0 server\n{r.explain()}"
+        "new clients avoid the weight-0 server"
     )
 
 
@@ -414,12 +414,12 @@ def test_weight0_quiescent(case: Case) -> None:
     )
     r = case.run(scenario)
     r.assert_conforms()
-    assert r.rs(0) == 2, f"rr's first pick is rs3\n{r.explain()}"
-    assert r.rs(1) not in (None, 2), f"the client leaves the weight-0 server\n{r.explain()}"
+    assert r.rs(0) == 2, "rr's first pick is rs3"
+    assert r.rs(1) not in (None, 2), "the client leaves the weight-0 server"
     observed = r.templates_observed[1]
     if observed is not None:
         assert [t.daddr for t in of_client(observed, client) if t.invalidated] == [case.rip(2)], (
-            f"the quiesced template is invalidated (FFFF)\n{r.explain()}"
+            "the quiesced template is invalidated (FFFF)"
         )
 
 
@@ -453,9 +453,9 @@ def test_removed_dest_conn(case: Case) -> None:
     )
     r = case.run(scenario)
     r.assert_conforms()
-    assert r.rs(0) == 2, f"rr's first pick is rs3\n{r.explain()}"
-    assert r.observed[1].kind == "dropped", f"expire_nodest_conn=0: dropped\n{r.explain()}"
-    assert r.rs(2) not in (None, 2), f"expire_nodest_conn=1: rescheduled\n{r.explain()}"
+    assert r.rs(0) == 2, "rr's first pick is rs3"
+    assert r.observed[1].kind == "dropped", "expire_nodest_conn=0: dropped"
+    assert r.rs(2) not in (None, 2), "expire_nodest_conn=1: rescheduled"
 
 
 @rule(
@@ -484,9 +484,9 @@ def test_port_reuse(case: Case) -> None:
     )
     r = case.run(scenario)
     r.assert_conforms()
-    assert r.rs(0) == 2, f"rr's first pick is rs3\n{r.explain()}"
-    assert r.rs(1) not in (None, 2), f"the new connection is rescheduled\n{r.explain()}"
-    assert r.rs(2) == 2, f"the reused tuple follows its connection to rs3\n{r.explain()}"
+    assert r.rs(0) == 2, "rr's first pick is rs3"
+    assert r.rs(1) not in (None, 2), "the new connection is rescheduled"
+    assert r.rs(2) == 2, "the reused tuple follows its connection to rs3"
 
 
 @rule(
@@ -518,9 +518,9 @@ def test_counters(case: Case) -> None:
     )
     r = case.run(scenario)
     r.assert_conforms()
-    assert r.rs(0) == 2 and r.rs(2) == 2, f"the pinned client stays on rs3\n{r.explain()}"
-    assert r.rs(1) == 2, f"the bare template does not load rs3 for lc\n{r.explain()}"
-    assert r.rs(3) not in (None, 2), f"connections do load it\n{r.explain()}"
+    assert r.rs(0) == 2 and r.rs(2) == 2, "the pinned client stays on rs3"
+    assert r.rs(1) == 2, "the bare template does not load rs3 for lc"
+    assert r.rs(3) not in (None, 2), "connections do load it"
 
 
 @rule(
@@ -556,7 +556,7 @@ def test_proc_format(case: Case) -> None:
     )
     r = case.run(scenario)
     r.assert_conforms()
-    assert (r.rs(0), r.rs(1), r.rs(2)) == (0, 0, 1), r.explain()
+    assert (r.rs(0), r.rs(1), r.rs(2)) == (0, 0, 1)
     observed = r.templates_observed[0]
     if observed is None:
         pytest.skip(f"{case.impl.name} exposes no template table: only the outcomes were checked")
@@ -569,4 +569,4 @@ def test_proc_format(case: Case) -> None:
             (Proto.IP, client, 0, mark_vaddr(fam, 9), 0, case.rip(1), 0, "NONE"),
         ]
     )
-    assert rows == want, f"template rows differ from the kernel's fields\n{r.explain()}"
+    assert rows == want, "template rows differ from the kernel's fields"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import pytest
 
 from conformance.runner import report as lvs_report
 from conformance.runner.case import Case, ModelFactory, TrafficFn, Unsupported
+from conformance.runner.grading import CaseResult
 from conformance.runner.rules import RuleInfo, rule_of
 from harness.api import Implementation
 from harness.implementations.registry import ImplError, Selection, resolve
@@ -282,6 +283,8 @@ def pytest_runtest_makereport(
     verdict = _decide(item, rep, case_obj)
     if verdict is None:
         return rep
+    if rep.failed and case_obj is not None:
+        attach_evidence(rep, case_obj.results, str(call.excinfo.value) if call.excinfo else "")
     callspec = getattr(item, "callspec", None)
     impl_name, family = callspec.params["case"] if callspec is not None else ("?", 0)
     record = build_record(info, item.nodeid, impl_name, family, verdict, rep, kernel_label())
@@ -293,6 +296,22 @@ def pytest_runtest_makereport(
         record["runs"] = len(case_obj.results)
     rep.user_properties.append((RECORD_KEY, record))
     return rep
+
+
+EVIDENCE_SECTION = "lvsconf evidence"
+
+
+def attach_evidence(rep: pytest.TestReport, results: Sequence[CaseResult], message: str) -> None:
+    """Evidence once: a case's assertions state only their claim, and a failing case gets the
+    evidence of every scenario it ran here (scenario as ipvsadm, flows, both template tables),
+    shown under the failure and carried back from a VM lane with the report. Skipped for a
+    scenario whose explanation the failure's ``message`` already carries (``assert_conforms``)."""
+    for i, result in enumerate(results, 1):
+        text = result.explain()
+        if text in message:
+            continue
+        title = EVIDENCE_SECTION if len(results) == 1 else f"{EVIDENCE_SECTION}: run {i}"
+        rep.sections.append((title, text))
 
 
 def build_record(
