@@ -1,13 +1,15 @@
-"""Debian kernels for VM lanes: resolve a name to a package, fetch and unpack it into a cache.
+"""Kernel trees for VM lanes: find, check and fetch them into the cache; lanes from ``--kernel``.
 
-Nothing is installed on the host: ``apt-get download`` fetches the .deb into a temporary
-directory and ``dpkg-deb -x`` unpacks it into ``~/.cache/lvsconf/kernels/<release>`` (via a
-``.part`` directory renamed into place, so a half-unpacked tree is never used). virtme-ng finds
-the modules itself by walking up from the image to ``lib/modules`` (docs/architecture.md §6.1).
+Nothing is installed on the host: the packages a name resolves to (:mod:`harness.lanes.debian`,
+through a private apt configuration) are fetched with ``apt-get download`` into a temporary
+directory and unpacked with ``dpkg-deb -x`` into ``~/.cache/lvsconf/kernels/<release>`` (via a
+``.part`` directory renamed into place, so a half-unpacked tree is never used), then indexed
+with depmod. virtme-ng finds the modules itself by walking up from the image to
+``lib/modules`` or ``usr/lib/modules``.
 
 Package names move with ABI bumps (``linux-image-6.1.0-56-amd64`` becomes ``-57`` and old ones
-leave the mirror), so ``auto`` is resolved through ``linux-image-amd64``'s current dependency,
-never pinned.
+leave the mirror), so suites and ``auto`` are resolved through ``linux-image-amd64``'s current
+dependency, never pinned.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness.lanes import debian
+from harness.lanes.errors import LaneError, Progress, Runner, run_command
 
 #: modules a kernel lane needs, relative to lib/modules/<release>/kernel, without .ko suffix
 REQUIRED_MODULES: tuple[str, ...] = (
@@ -38,16 +43,7 @@ REQUIRED_MODULES: tuple[str, ...] = (
 )
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
-Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
-Progress = Callable[[str], None]
-
-
-class LaneError(Exception):
-    """A kernel lane cannot be provided; the message is one line naming the problem and the fix."""
-
-
-def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=300)
+__all__ = ["LaneError", "Progress", "Runner"]
 
 
 def cache_root() -> Path:
@@ -79,44 +75,6 @@ def _tree_root(moddir: Path) -> Path:
     return lib.parent.parent if lib.parent.name == "usr" else lib.parent
 
 
-# ---------------------------------------------------------------- resolving names to packages
-
-LIST_HINT = "list available ones with: apt-cache search --names-only '^linux-image-[0-9].*-amd64'"
-
-
-def package_for(version: str, run: Runner = _run) -> str:
-    """The Debian package providing kernel ``version`` (``auto`` = current linux-image-amd64).
-
-    ``version`` is a release (``6.1.0-56-amd64``, ``6.12.117+deb12-amd64``) or a package name.
-    Signed packages are preferred; the ``-unsigned`` variant is used when only it exists (6.12
-    in bookworm-security).
-    """
-    if version == "auto":
-        out = run(["apt-cache", "depends", "linux-image-amd64"])
-        m = re.search(r"^\s*Depends:\s*(linux-image-\S+)", out.stdout, re.M)
-        if out.returncode != 0 or m is None:
-            raise LaneError(
-                "cannot resolve --kernel auto: apt-cache depends linux-image-amd64 names no "
-                "kernel; run apt-get update, or name a version (" + LIST_HINT + ")"
-            )
-        return m[1]
-    if not re.fullmatch(r"[0-9A-Za-z.+~_-]+", version):
-        raise LaneError(f"not a kernel version: {version!r}; {LIST_HINT}")
-    base = version if version.startswith("linux-image-") else f"linux-image-{version}"
-    candidates = [base] if base.endswith("-unsigned") else [base, f"{base}-unsigned"]
-    for pkg in candidates:
-        out = run(["apt-cache", "show", "--no-all-versions", pkg])
-        if out.returncode == 0 and out.stdout.strip():
-            return pkg
-    raise LaneError(f"unknown kernel version {version}: no package {base} in apt; {LIST_HINT}")
-
-
-def release_of(package: str) -> str:
-    """``linux-image-6.12.117+deb12-amd64-unsigned`` -> ``6.12.117+deb12-amd64``."""
-    rel = package.removeprefix("linux-image-")
-    return rel.removesuffix("-unsigned")
-
-
 # ---------------------------------------------------------------- finding and checking trees
 
 
@@ -142,6 +100,8 @@ def find_tree(image: Path) -> KernelTree:
 
 
 def _release_from_image_name(image: Path) -> str:
+    if image.name == "vmlinuz" and image.parent.parent.name == "modules":
+        return image.parent.name  # usr/lib/modules/<release>/vmlinuz (sid's linux-binary)
     return image.name.removeprefix("vmlinuz-") if image.name.startswith("vmlinuz-") else ""
 
 
@@ -173,13 +133,21 @@ def check_tree(tree: KernelTree) -> KernelTree:
     return tree
 
 
+def tree_in(root: Path, release: str) -> KernelTree | None:
+    """The kernel ``release`` unpacked under ``root``, in any layout Debian uses: the image in
+    ``boot/vmlinuz-<release>`` or ``usr/lib/modules/<release>/vmlinuz`` (sid's linux-binary),
+    the modules in ``lib/modules/<release>`` or ``usr/lib/modules/<release>``."""
+    moddirs = [root / "lib" / "modules" / release, root / "usr" / "lib" / "modules" / release]
+    images = [root / "boot" / f"vmlinuz-{release}", *(m / "vmlinuz" for m in moddirs)]
+    image = next((i for i in images if i.is_file()), None)
+    moddir = next((m for m in moddirs if (m / "kernel").is_dir()), None)
+    if image is None or moddir is None:
+        return None
+    return KernelTree(release, image, moddir)
+
+
 def cached_tree(release: str) -> KernelTree | None:
-    root = kernels_dir() / release
-    image = root / "boot" / f"vmlinuz-{release}"
-    for moddir in (root / "lib" / "modules" / release, root / "usr" / "lib" / "modules" / release):
-        if image.is_file() and moddir.is_dir():
-            return KernelTree(release, image, moddir)
-    return None
+    return tree_in(kernels_dir() / release, release)
 
 
 # ---------------------------------------------------------------- fetching
@@ -187,72 +155,158 @@ def cached_tree(release: str) -> KernelTree | None:
 
 def _depmod(root: Path, release: str) -> None:
     """Index the modules now, inside the cache tree: some .debs ship no modules.dep, and vng
-    would otherwise run depmod at the first boot (measured: +~15 s under load)."""
-    moddir = root / "lib" / "modules" / release
+    would otherwise run depmod at the first boot (measured: +~15 s under load). kmod before 33
+    knows only ``<base>/lib/modules``, so a ``usr/lib/modules`` tree is indexed with
+    ``-b <root>/usr``; compressed ``.ko.xz`` modules need a kmod built with +XZ."""
+    base = root / "usr" if (root / "usr" / "lib" / "modules" / release).is_dir() else root
+    moddir = base / "lib" / "modules" / release
     if not moddir.is_dir() or (moddir / "modules.dep").exists() or shutil.which("depmod") is None:
         return
-    out = subprocess.run(
-        ["depmod", "-a", "-b", str(root), release],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    out = run_command(["depmod", "-a", "-b", str(base), release])
     if out.returncode != 0:
         raise LaneError(f"depmod for {release} failed: {out.stderr.strip()}; apt-get install kmod")
+
+
+def kmod_features(run: Runner = run_command) -> set[str]:
+    """The compression formats the host's kmod reads (``+XZ``, ``+ZSTD`` …); the guest runs
+    the host's modprobe, so these decide which compressed modules load there."""
+    try:
+        out = run(["kmod", "--version"])
+    except FileNotFoundError:
+        return set()
+    return {w[1:] for w in out.stdout.split() if w.startswith("+")}
+
+
+def _check_compression(tree: KernelTree, run: Runner = run_command) -> None:
+    needs = {
+        fmt
+        for fmt, sfx in (("XZ", ".ko.xz"), ("ZSTD", ".ko.zst"))
+        if (tree.moddir / "kernel" / "net" / "netfilter" / "ipvs" / f"ip_vs{sfx}").exists()
+    }
+    missing = needs - kmod_features(run)
+    if missing:
+        raise LaneError(
+            f"kernel {tree.release} has {'/'.join(sorted(missing))}-compressed modules but the "
+            "host's kmod cannot read them (kmod --version lacks +"
+            f"{sorted(missing)[0]}); install a kmod built with it"
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
     tree: KernelTree
-    package: str
+    package: str  # the packages, joined with " + "
     seconds: float  # 0.0 when it came from the cache
     cached: bool
+    pick: debian.Pick | None = None  # None when a release was found in the cache without apt
 
 
-def fetch(version: str, progress: Progress = lambda _m: None, run: Runner = _run) -> Fetched:
-    """Resolve ``version`` and make sure its tree is unpacked in the cache; checked."""
-    package = package_for(version, run)
-    release = release_of(package)
-    tree = cached_tree(release)
+Download = Callable[[debian.AptConfig, Sequence[str], Path], None]
+
+
+def download_debs(apt: debian.AptConfig, packages: Sequence[str], dest: Path) -> None:
+    """``apt-get download`` ``packages`` into ``dest`` through the private configuration."""
+    out = subprocess.run(
+        apt.argv("apt-get", "download", "-q", *packages),
+        cwd=dest,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise LaneError(
+            f"apt-get download {' '.join(packages)} failed: {last}; check the network or proxy"
+        )
+
+
+def private_apt(run: Runner = run_command) -> debian.AptConfig:
+    """The private apt configuration under the cache (``<cache>/apt``)."""
+    return debian.apt_config(cache_root() / "apt", run)
+
+
+def host_suite(os_release: Path = Path("/etc/os-release")) -> str:
+    """The host's Debian codename when it is one of the private suites, else ``stable``."""
+    try:
+        text = os_release.read_text()
+    except OSError:
+        return "stable"
+    m = re.search(r"^VERSION_CODENAME=\"?([a-z]+)", text, re.M)
+    return m[1] if m and m[1] in debian.SUITES else "stable"
+
+
+def pick(
+    spec: str, progress: Progress = lambda _m: None, apt: debian.AptConfig | None = None
+) -> debian.Pick:
+    """Resolve a name (``auto`` = the host's suite) to a :class:`debian.Pick`; refreshes the
+    private lists when stale. Downloads nothing."""
+    apt = apt or private_apt()
+    debian.refresh(apt, progress)
+    return debian.resolve(host_suite() if spec == "auto" else spec, apt)
+
+
+def check_name(spec: str, progress: Progress = lambda _m: None) -> str:
+    """The release ``spec`` names (a cached release needs no apt); LaneError when unknown."""
+    if debian.is_release(spec) and cached_tree(debian.release_of_name(spec)) is not None:
+        return debian.release_of_name(spec)
+    return pick(spec, progress).release
+
+
+def fetch(
+    spec: str,
+    progress: Progress = lambda _m: None,
+    apt: debian.AptConfig | None = None,
+    download: Download = download_debs,
+) -> Fetched:
+    """Resolve ``spec`` and make sure its tree is unpacked in the cache; checked.
+
+    A release already in the cache needs no apt at all (offline re-runs)."""
+    if debian.is_release(spec):
+        cached = cached_tree(debian.release_of_name(spec))
+        if cached is not None:
+            return Fetched(check_tree(cached), spec, 0.0, True)
+    chosen = pick(spec, progress, apt)
+    tree = cached_tree(chosen.release)
     if tree is not None:
-        return Fetched(check_tree(tree), package, 0.0, True)
+        return Fetched(check_tree(tree), " + ".join(chosen.packages), 0.0, True, chosen)
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise LaneError(f"{tool} not found: kernel lanes need a Debian/Ubuntu host")
-    progress(f"fetching kernel {package} …")
+    progress(f"fetching kernel {chosen.describe()} …")
     start = time.monotonic()
+    tree = unpack_into_cache(chosen, apt or private_apt(), download)
+    return Fetched(tree, " + ".join(chosen.packages), time.monotonic() - start, False, chosen)
+
+
+def unpack_into_cache(chosen: debian.Pick, apt: debian.AptConfig, download: Download) -> KernelTree:
+    """Download ``chosen``'s packages, unpack them together, depmod, check, publish atomically."""
+    release = chosen.release
     dest = kernels_dir() / release
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + f".part{os.getpid()}")
     with tempfile.TemporaryDirectory(prefix="lvsconf-deb-") as tmp:
-        os.chmod(tmp, 0o755)  # apt's sandbox user must be able to write here; we pass root anyway
-        out = subprocess.run(
-            ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package],
-            cwd=tmp,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-        if out.returncode != 0:
-            last = (out.stderr.strip().splitlines() or ["(no message)"])[-1]
-            raise LaneError(f"apt-get download {package} failed: {last}; check apt sources/proxy")
-        debs = list(Path(tmp).glob("*.deb"))
-        if len(debs) != 1:
-            raise LaneError(f"apt-get download {package} produced {len(debs)} .deb files")
+        download(apt, chosen.packages, Path(tmp))
+        debs = sorted(Path(tmp).glob("*.deb"))
+        if len(debs) != len(chosen.packages):
+            raise LaneError(
+                f"apt-get download {' '.join(chosen.packages)} produced {len(debs)} .deb files"
+            )
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir()
         try:
-            unpack = subprocess.run(
-                ["dpkg-deb", "-x", str(debs[0]), str(part)],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=600,
-            )
-            if unpack.returncode != 0:
-                raise LaneError(f"dpkg-deb -x {debs[0].name} failed: {unpack.stderr.strip()}")
+            for deb in debs:
+                unpack = run_command(["dpkg-deb", "-x", str(deb), str(part)])
+                if unpack.returncode != 0:
+                    raise LaneError(f"dpkg-deb -x {deb.name} failed: {unpack.stderr.strip()}")
+            tree = tree_in(part, release)
+            if tree is None:
+                raise LaneError(
+                    f"{' + '.join(chosen.packages)} hold no kernel image and modules for "
+                    f"{release}; not a kernel package"
+                )
+            check_tree(tree)
+            _check_compression(tree)
             _depmod(part, release)
             # atomic publish: another run that raced us leaves its own (identical) tree
             try:
@@ -264,8 +318,8 @@ def fetch(version: str, progress: Progress = lambda _m: None, run: Runner = _run
             shutil.rmtree(part, ignore_errors=True)
     tree = cached_tree(release)
     if tree is None:
-        raise LaneError(f"package {package} has no boot/vmlinuz-{release}; not a kernel image")
-    return Fetched(check_tree(tree), package, time.monotonic() - start, False)
+        raise LaneError(f"kernel {release} vanished from {dest} after unpacking")
+    return check_tree(tree)
 
 
 # ---------------------------------------------------------------- lanes
@@ -301,7 +355,7 @@ class Lane:
         return fetch(self.version, progress).tree
 
 
-def host_has_ipvs(run: Runner = _run) -> bool:
+def host_has_ipvs(run: Runner = run_command) -> bool:
     """True when the running kernel has IPVS (loaded, built in, or a loadable module).
 
     Uses ``modprobe --dry-run``: the check itself never loads anything into the host.
@@ -314,18 +368,33 @@ def host_has_ipvs(run: Runner = _run) -> bool:
         return False
 
 
+LANE_HINT = (
+    "expected host, auto, a Debian suite (bullseye, bookworm, trixie, sid, stable, …), a "
+    "release such as 6.1.0-57-amd64, a linux-image-amd64 version, or a kernel image path"
+)
+
+
+def split_specs(option: str | None) -> list[str]:
+    """``--kernel`` (comma separated, repeated options joined by commas) -> lane specs in order,
+    duplicates dropped. An empty option is no spec (the default lane)."""
+    specs: list[str] = []
+    for part in (option or "").split(","):
+        part = part.strip()
+        if part and part not in specs:
+            specs.append(part)
+    return specs
+
+
 def resolve_lane(spec: str | None, has_ipvs: Callable[[], bool] = host_has_ipvs) -> Lane:
-    """``--kernel`` to a lane: None = host when it has IPVS, else ``auto``; ``host``;
-    ``auto``; a Debian version; or a path to a kernel image (checked now)."""
+    """One ``--kernel`` spec to a lane: None = host when it has IPVS, else ``auto``; ``host``;
+    ``auto``; a Debian suite, release or package version (resolved when fetched); or a path to
+    a kernel image (checked now)."""
     if spec is None or spec == "":
         return Lane("host", "host") if has_ipvs() else Lane("vm", "auto", version="auto")
     if spec == "host":
         return Lane("host", spec)
     if "/" in spec or Path(spec).exists():
         return Lane("vm", spec, tree=check_tree(find_tree(Path(spec))))
-    if spec != "auto" and not re.fullmatch(r"(linux-image-)?\d+\.\d+[0-9A-Za-z.+~_-]*", spec):
-        raise LaneError(
-            f"--kernel {spec!r}: expected host, auto, a Debian kernel version such as "
-            f"6.1.0-56-amd64, or a path to a kernel image; {LIST_HINT}"
-        )
+    if not debian.is_name(spec):
+        raise LaneError(f"--kernel {spec!r}: {LANE_HINT}; {debian.LIST_HINT}")
     return Lane("vm", spec, version=spec)

@@ -246,7 +246,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     try:
         state.lane = provision.resolve_lane(config.getoption("--kernel", default=None))
         if state.lane.is_vm and state.lane.version is not None:
-            provision.package_for(state.lane.version)  # unknown version: fail now, one line
+            provision.check_name(state.lane.version)  # unknown name: fail now, one line
     except LaneError as exc:
         raise pytest.UsageError(str(exc)) from None
     if not state.lane.is_vm and not provision.host_has_ipvs():

@@ -1,9 +1,12 @@
 """``lvsconf kernel fetch|boot|probe|list``: Debian kernels for the kernel lane, by hand.
 
-- ``fetch [VERSION]``: download and unpack a kernel into the cache (default ``auto``);
-- ``boot [--kernel V] [CMD ...]``: boot it (one guest at a time) and run a shell command;
-- ``probe [--kernel V]``: boot it and report what IPVS offers there (schedulers, PEs);
-- ``list``: the Debian kernel versions apt knows.
+- ``fetch [NAME]``: download and unpack a kernel into the cache (default ``auto``); NAME is a
+  suite (``sid``, ``stable`` …), a release, a ``linux-image-amd64`` version or a package name;
+- ``boot [--kernel NAME] [CMD ...]``: boot it (one guest at a time) and run a shell command;
+- ``probe [--kernel NAME]``: boot it and report what IPVS offers there (schedulers, PEs);
+- ``list [--all]``: what each Debian suite offers now (``--all``: every release apt knows).
+
+Names resolve through the private apt configuration under the cache (:mod:`harness.lanes.debian`).
 
 Bad input or a missing prerequisite prints one line and exits 2.
 """
@@ -13,14 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.lanes import provision, vm
+from harness.lanes import debian, provision, vm
 from harness.lanes.provision import LaneError
 
 SCHEDULERS = (
@@ -58,7 +60,7 @@ def _say(message: str) -> None:
 def _tree(spec: str) -> provision.KernelTree:
     lane = provision.resolve_lane(spec)
     if not lane.is_vm:
-        raise LaneError("--kernel host runs no VM; name a Debian version, auto, or an image path")
+        raise LaneError("--kernel host runs no VM; name a suite, a release, auto, or an image path")
     return lane.provide(_say)
 
 
@@ -69,23 +71,32 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(_args: argparse.Namespace) -> int:
-    out = subprocess.run(
-        ["apt-cache", "search", "--names-only", r"^linux-image-[0-9].*-amd64(-unsigned)?$"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    names = sorted(
-        {
-            provision.release_of(line.split()[0])
-            for line in out.stdout.splitlines()
-            if line.strip() and "-cloud-" not in line and "-rt-" not in line
-        }
-    )
-    print("\n".join(names))
-    auto = provision.package_for("auto")
-    print(f"auto = {provision.release_of(auto)}", file=sys.stderr)
+def cmd_list(args: argparse.Namespace) -> int:
+    apt = provision.private_apt()
+    debian.refresh(apt, _say)
+    if args.all:
+        print("\n".join(debian.all_releases(apt)))
+        return 0
+    rows = [("SUITE", "ALIASES", debian.META, "RELEASE", "LAYOUT", "CACHED")]
+    for offer in debian.offers(apt):
+        layout = cached = "-"
+        if offer.release is not None:
+            layout = debian.layout_for(apt, offer.release).layout
+            cached = "yes" if provision.cached_tree(offer.release) is not None else "no"
+        rows.append(
+            (
+                offer.suite,
+                ",".join(offer.aliases) or "-",
+                offer.version or "(none)",
+                offer.release or "-",
+                layout,
+                cached,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"auto = {provision.host_suite()} (this host's suite, else stable)", file=sys.stderr)
     return 0
 
 
@@ -149,11 +160,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "version",
         nargs="?",
         default="auto",
-        help="auto (default), or a Debian kernel version such as 6.1.0-56-amd64",
+        metavar="NAME",
+        help="auto (default), a suite (bullseye, bookworm, trixie, sid, stable, …), a release "
+        "such as 6.1.0-57-amd64, or a linux-image-amd64 version",
     )
     p.set_defaults(func=_guarded(cmd_fetch))
 
-    p = verbs.add_parser("list", help="Debian kernel versions apt knows")
+    p = verbs.add_parser("list", help="what each Debian suite offers (private apt lists)")
+    p.add_argument("--all", action="store_true", help="every amd64 kernel release apt knows")
     p.set_defaults(func=_guarded(cmd_list))
 
     for name, func, help_text in (
@@ -164,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         p.add_argument(
             "--kernel",
             default=default_kernel,
-            help="auto (default), a Debian version, or a kernel image path",
+            help="auto (default), a suite, a release, a linux-image-amd64 version, or an image",
         )
         p.add_argument("--memory", default="1G", help="guest memory (default 1G)")
         p.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole run")
