@@ -1,8 +1,13 @@
 """What the running kernel offers, probed by trying (cached per process).
 
 Each probe creates the object inside a throwaway namespace of the run (never in the host
-namespace), so a probe cannot change the host. The kernel autoloads link-kind modules
-(``rtnl-link-<kind>``) itself; ``ip_vs`` is probed with ``modprobe`` when the tool exists.
+namespace). Creating a link of a kind whose module is not loaded makes the kernel load it
+(``rtnl-link-<kind>``), and a tunnel module's init creates its fallback device (tunl0,
+ip6tnl0) in *every* namespace, the host's included (``ipip_init_net``/``ip6_tnl_init_net``
+run for init_net too; net/ipv4/ipip.c, net/ipv6/ip6_tunnel.c, 6.1). So the tunnel kinds are
+only tried when their module is already there (loaded or built in, or the kernel has no
+modules); a module that is installed but not loaded counts as available without loading it.
+``ip_vs`` is probed with ``modprobe`` when the tool exists (it creates no device).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import shutil
 import socket
 import subprocess
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -71,6 +77,45 @@ def _link_kind(ipr: IPRoute, kind: str, ifname: str, **extra: object) -> bool:
     return True
 
 
+#: link kind -> the module that provides it
+TUNNEL_MODULES = {"ipip": "ipip", "ip6tnl": "ip6_tunnel"}
+PROC_MODULES = Path("/proc/modules")
+MODULES_ROOT = Path("/lib/modules")
+
+
+def module_state(
+    module: str, proc_modules: Path = PROC_MODULES, modules_root: Path = MODULES_ROOT
+) -> str:
+    """``loaded``, ``builtin``, ``installed`` (loadable, not loaded), ``absent``, or ``static``
+    (the kernel has no loadable modules), read from files only: nothing is loaded."""
+    try:
+        loaded = {line.split(" ", 1)[0] for line in proc_modules.read_text().splitlines()}
+    except FileNotFoundError:
+        return "static"
+    if module in loaded:
+        return "loaded"
+    tree = modules_root / os.uname().release
+    for name, state in (("modules.builtin", "builtin"), ("modules.dep", "installed")):
+        try:
+            lines = (tree / name).read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        # "kernel/net/ipv4/ipip.ko[.xz]: deps" -> "ipip" (file names may use '-' for '_')
+        names = {ln.split(":", 1)[0].rsplit("/", 1)[-1].split(".ko")[0] for ln in lines}
+        if module in {n.replace("-", "_") for n in names}:
+            return state
+    return "absent"
+
+
+def _tunnel_kind(ipr: IPRoute, kind: str, ifname: str) -> bool:
+    state = module_state(TUNNEL_MODULES[kind])
+    if state == "installed":
+        return True  # trying would load it and put its fallback device in the host namespace
+    if state == "absent":
+        return False
+    return _link_kind(ipr, kind, ifname)
+
+
 def _ip_vs(ns: str) -> bool:
     with runs.enter_netns(ns):
         if os.path.exists("/proc/net/ip_vs"):
@@ -124,8 +169,8 @@ def _probe(run: runs.Run) -> KernelFeatures:
         try:
             veth = _link_kind(ipr, "veth", "pv0", peer="pv1")
             bridge = _link_kind(ipr, "bridge", "pbr")
-            ipip = _link_kind(ipr, "ipip", "pipip")
-            ip6tnl = _link_kind(ipr, "ip6tnl", "pip6")
+            ipip = _tunnel_kind(ipr, "ipip", "pipip")
+            ip6tnl = _tunnel_kind(ipr, "ip6tnl", "pip6")
         finally:
             ipr.close()
         return KernelFeatures(

@@ -6,11 +6,13 @@ Request ``{"op": NAME, "args": {...}}`` (args encoded with :mod:`impl.datapath.c
 ``edit_dest``, ``del_dest``, ``edit_service``, ``set_sysctl``, ``stats``, ``stop``.
 
 The server side is non-blocking and driven by the process's selector loop, so the model is only
-ever touched from one thread (no locks around it).
+ever touched from one thread (no locks around it), and no client can stall that loop (which
+also forwards the packets): see :class:`ControlServer`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -29,27 +31,56 @@ class ControlError(RuntimeError):
     """The datapath process refused a control request or cannot be reached."""
 
 
+#: longest request line; a longer one is refused and its client dropped
+MAX_LINE = 64 * 1024
+#: answers a client may leave unread on top of the one being sent before it is dropped
+MAX_PENDING = 4 * 1024 * 1024
+
+
+class _Client:
+    __slots__ = ("sock", "inbuf", "outbuf", "events")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.events = selectors.EVENT_READ
+
+
 class ControlServer:
-    """Accepts connections on ``path`` and answers requests with ``handlers[op](args)``."""
+    """Accepts connections on ``path`` and answers requests with ``handlers[op](args)``.
+
+    The same loop reads the TUN device, so nothing here may block on a client: sockets are
+    non-blocking, each client's answers wait in its own buffer until the socket is writable,
+    a request line longer than ``max_line`` is refused, and a client that keeps asking
+    without reading (more than ``max_pending`` bytes of answers waiting) is dropped.
+    """
 
     def __init__(
-        self, path: Path, selector: selectors.BaseSelector, handlers: dict[str, Handler]
+        self,
+        path: Path,
+        selector: selectors.BaseSelector,
+        handlers: dict[str, Handler],
+        max_line: int = MAX_LINE,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self.path = path
         self.selector = selector
         self.handlers = handlers
+        self.max_line = max_line
+        self.max_pending = max_pending
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         path.unlink(missing_ok=True)
         self.sock.bind(str(path))
         os.chmod(path, 0o600)
         self.sock.listen(8)
         self.sock.setblocking(False)
-        self._buffers: dict[socket.socket, bytearray] = {}
+        self._clients: dict[socket.socket, _Client] = {}
         selector.register(self.sock, selectors.EVENT_READ, self._accept)
 
     def close(self) -> None:
-        for conn in list(self._buffers):
-            self._drop(conn)
+        for client in list(self._clients.values()):
+            self._drop(client)
         self.selector.unregister(self.sock)
         self.sock.close()
         self.path.unlink(missing_ok=True)
@@ -60,37 +91,63 @@ class ControlServer:
         except BlockingIOError:
             return
         conn.setblocking(False)
-        self._buffers[conn] = bytearray()
-        self.selector.register(conn, selectors.EVENT_READ, lambda: self._readable(conn))
+        client = self._clients[conn] = _Client(conn)
+        self.selector.register(conn, client.events, lambda: self._service(client))
 
-    def _drop(self, conn: socket.socket) -> None:
-        self._buffers.pop(conn, None)
-        self.selector.unregister(conn)
-        conn.close()
+    def _drop(self, client: _Client) -> None:
+        if self._clients.pop(client.sock, None) is not None:
+            self.selector.unregister(client.sock)
+            client.sock.close()
 
-    def _readable(self, conn: socket.socket) -> None:
+    def _service(self, client: _Client) -> None:
+        """Readable or writable: take what arrived, answer it, send what the socket takes."""
+        if self._receive(client):
+            self._flush(client)
+
+    def _receive(self, client: _Client) -> bool:
         try:
-            chunk = conn.recv(65536)
+            chunk = client.sock.recv(65536)
         except BlockingIOError:
-            return
+            return True
         except OSError:
             chunk = b""
         if not chunk:
-            self._drop(conn)
-            return
-        buf = self._buffers[conn]
-        buf += chunk
-        while b"\n" in buf:
-            line, _, rest = bytes(buf).partition(b"\n")
-            buf[:] = rest
+            self._drop(client)
+            return False
+        client.inbuf += chunk
+        while True:
+            end = client.inbuf.find(b"\n", 0, self.max_line + 1)
+            if end < 0:
+                break
+            line = bytes(client.inbuf[:end])
+            del client.inbuf[: end + 1]
             answer = self.answer(line)
-            conn.setblocking(True)  # answers are small; a blocking send keeps this simple
+            if client.outbuf and len(client.outbuf) + len(answer) > self.max_pending:
+                self._drop(client)  # asks and asks, never reads
+                return False
+            client.outbuf += answer
+        if len(client.inbuf) > self.max_line:
+            refusal = {"ok": False, "error": f"request line longer than {self.max_line} bytes"}
+            with contextlib.suppress(OSError):
+                client.sock.send(json.dumps(refusal).encode() + b"\n")
+            self._drop(client)
+            return False
+        return True
+
+    def _flush(self, client: _Client) -> None:
+        if client.outbuf:
             try:
-                conn.sendall(answer)
+                sent = client.sock.send(client.outbuf)
+            except BlockingIOError:
+                sent = 0
             except OSError:
-                self._drop(conn)
+                self._drop(client)
                 return
-            conn.setblocking(False)
+            del client.outbuf[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbuf else 0)
+        if events != client.events:
+            client.events = events
+            self.selector.modify(client.sock, events, lambda: self._service(client))
 
     def answer(self, line: bytes) -> bytes:
         try:

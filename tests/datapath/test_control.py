@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import selectors
+import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from impl.datapath.codec import CodecError, dumps, loads
 from impl.datapath.config import ConfigError, DatapathConfig
-from impl.datapath.control import ControlClient, ControlError, ControlServer
+from impl.datapath.control import MAX_LINE, ControlClient, ControlError, ControlServer
 from impl.scenario import Scenario, ServiceConfig
 from impl.types import IPV6, Dest, Fwd, FwmarkRule, Proto, Service, ServiceKey, SvcFlag, Template
 
@@ -144,3 +148,82 @@ def test_control_round_trip_over_a_unix_socket(tmp_path: Path) -> None:
     assert not (tmp_path / "ctl").exists()
     with pytest.raises(ControlError, match="unreachable"):
         ControlClient(tmp_path / "ctl").call("echo")
+
+
+@contextlib.contextmanager
+def serving(path: Path, handlers: dict[str, Any], **limits: int) -> Iterator[ControlServer]:
+    """The server driven by a loop thread, as the datapath's packet loop drives it."""
+    selector = selectors.DefaultSelector()
+    server = ControlServer(path, selector, handlers, **limits)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            for key, _ in selector.select(timeout=0.05):
+                key.data()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the control loop is stuck"
+        server.close()
+
+
+def _connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(path))
+    return sock
+
+
+def test_a_client_that_asks_without_reading_is_dropped_and_stalls_nothing(
+    tmp_path: Path,
+) -> None:
+    """Regression: answers were sent with a blocking sendall from the packet loop, so a client
+    that never read froze forwarding and every other client."""
+    path = tmp_path / "ctl"
+    with serving(path, {"echo": lambda a: a}, max_pending=64 * 1024):
+        flood = _connect(path)
+        requests = b'{"op":"echo","args":{"pad":"' + b"x" * 200 + b'"}}\n'
+        dropped = False
+        try:
+            for _ in range(400):  # 400 x 230 kB of requests; never a byte read
+                flood.sendall(requests * 1000)
+        except (BrokenPipeError, ConnectionResetError):
+            dropped = True
+        except TimeoutError:
+            pass  # the server stopped reading: it is stuck answering
+        finally:
+            other = ControlClient(path, timeout=5)
+            try:
+                assert other.call("echo", x=1) == {"x": 1}  # the loop still answers others
+            finally:
+                other.close()
+                flood.close()
+        assert dropped, "a client that never reads was not dropped"
+
+
+def test_a_request_line_longer_than_the_cap_is_refused_and_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "ctl"
+    with serving(path, {"echo": lambda a: a}):
+        sock = _connect(path)
+        try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(b"x" * (16 * MAX_LINE))  # no newline, ever
+            received = b""
+            with contextlib.suppress(ConnectionResetError):  # closed with our bytes unread
+                while chunk := sock.recv(65536):  # until the server hangs up (10 s timeout)
+                    received += chunk
+        finally:
+            sock.close()
+        refusal = {"ok": False, "error": f"request line longer than {MAX_LINE} bytes"}
+        assert not received or json.loads(received) == refusal
+        other = ControlClient(path, timeout=5)
+        try:
+            assert other.call("echo") == {}
+        finally:
+            other.close()
