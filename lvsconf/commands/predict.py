@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from impl.errors import ModelError
-from impl.ipvsadm import parse_rules, replay
+from impl.ipvsadm import replay
 from impl.kernel_level import DEFAULT, KernelLevel, parse_release
 from impl.predict import (
     FLOW_SYNTAX,
@@ -36,6 +36,7 @@ from impl.predict import (
     predict,
 )
 from impl.timeline import expect_failures, parse_sysctl, parse_timeline, predict_timeline
+from lvsconf.realconf import read_rules
 
 
 class _Ordered(argparse.Action):
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.rules:
             raise PredictError("give --rules FILE (with --flow/--flows) or --scenario FILE")
         level = _level(args.kernel_release)
-        ops = parse_rules(_read(args.rules, "rules file"), args.rules)
+        ops = read_rules(args.rules).ops  # ipvsadm text or keepalived.conf (lvsconf.realconf)
         replay(ops, args.rules)  # state errors (dest without service, ...) name the rules line
         events: list[Event] = []
         for kind, value in args.events or []:
