@@ -13,7 +13,7 @@ import ipaddress
 from conformance.runner.case import Case
 from conformance.runner.rules import rule
 from impl.scenario import Scenario, Send, ServiceConfig
-from impl.types import Dest, Fwd, FwmarkRule, IPAddress, IPNetwork, Proto, Service, ServiceKey
+from impl.types import Dest, Fwd, FwmarkRule, IPAddress, IPNetwork, Proto, Service
 
 TCP, UDP = Proto.TCP, Proto.UDP
 
@@ -37,23 +37,20 @@ def test_dport(case: Case) -> None:
     fam = case.family
     nat = Fwd.NAT
     scenario = Scenario(
-        name="dport",
         services=(
             ServiceConfig(
-                Service(ServiceKey(fam, fwmark=6), "rr", timeout=30),
+                Service(case.fwmark_key(6), "rr", timeout=30),
                 (Dest(case.rip(0), 8080, fwd=nat),),
             ),
             ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(2), 0), "rr", timeout=30),
+                Service(case.key(TCP, 0, vip=2), "rr", timeout=30),
                 (Dest(case.rip(1), 8080, fwd=nat),),
             ),
             ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(0), 80), "rr", timeout=30),
+                Service(case.key(TCP, 80), "rr", timeout=30),
                 (Dest(case.rip(2), 8080, fwd=nat),),
             ),
-            ServiceConfig(
-                Service(ServiceKey(fam, fwmark=7), "rr"), (Dest(case.rip(0), 8080, fwd=nat),)
-            ),
+            ServiceConfig(Service(case.fwmark_key(7), "rr"), (Dest(case.rip(0), 8080, fwd=nat),)),
         ),
         fwmark_rules=(
             FwmarkRule(6, fam, _host(case.vip(1))),
@@ -89,16 +86,14 @@ def test_dport(case: Case) -> None:
 def test_nat_rewrite(case: Case) -> None:
     """NAT rewrites the destination to the real server's address and the forwarded port (the
     dest's port, or the packet's when the dest port is 0), without encapsulation."""
-    fam = case.family
     scenario = Scenario(
-        name="nat-rewrite",
         services=(
             ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(0), 80), "rr"),
+                Service(case.key(TCP, 80), "rr"),
                 (Dest(case.rip(0), 8080, fwd=Fwd.NAT),),
             ),
             ServiceConfig(
-                Service(ServiceKey(fam, UDP, case.vip(0), 53), "rr"),
+                Service(case.key(UDP, 53), "rr"),
                 (Dest(case.rip(1), 0, fwd=Fwd.NAT),),
             ),
         ),
@@ -138,16 +133,14 @@ def test_nat_rewrite(case: Case) -> None:
 def test_dr_keeps_vip(case: Case) -> None:
     """DR hands the real server the packet as the client sent it: still addressed to VIP:port,
     not encapsulated."""
-    fam = case.family
     scenario = Scenario(
-        name="dr-keeps-vip",
         services=(
             ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(0), 80), "rr"),
+                Service(case.key(TCP, 80), "rr"),
                 (Dest(case.rip(0), fwd=Fwd.DR),),
             ),
             ServiceConfig(
-                Service(ServiceKey(fam, UDP, case.vip(1), 53), "rr"),
+                Service(case.key(UDP, 53, vip=1), "rr"),
                 (Dest(case.rip(1), fwd=Fwd.DR),),
             ),
         ),
@@ -188,12 +181,10 @@ def test_tun_encap(case: Case) -> None:
     """TUN encapsulates the unchanged packet (inner destination VIP:port) in an IP header to
     the real server. Observed by capture at the real server, so it needs no ipip/ip6tnl
     decapsulation there (the director's transmitter builds the outer header itself)."""
-    fam = case.family
     scenario = Scenario(
-        name="tun-encap",
         services=(
             ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(0), 80), "rr", timeout=30),
+                Service(case.key(TCP, 80), "rr", timeout=30),
                 (Dest(case.rip(2), fwd=Fwd.TUN),),
             ),
         ),

@@ -26,7 +26,6 @@ from impl.types import (
     IPAddress,
     Proto,
     Service,
-    ServiceKey,
     Template,
 )
 
@@ -54,11 +53,9 @@ def test_normal_key(case: Case) -> None:
     """A persistent VIP:80 service sends one client's connections (different source ports) to
     one real server; a second persistent service on VIP:443 has its own key and chooses for
     that client independently."""
-    fam = case.family
-    web = ServiceKey(fam, TCP, case.vip(0), 80)
-    tls = ServiceKey(fam, TCP, case.vip(0), 443)
+    web = case.key(TCP, 80)
+    tls = case.key(TCP, 443)
     scenario = Scenario(
-        name="normal-key",
         services=(
             # added rs1, rs2, rs3: rr picks rs3 first
             ServiceConfig(
@@ -122,7 +119,7 @@ def test_netmask_v6(case: Case) -> None:
 def _check_masked_grouping(case: Case, name: str, netmask: int, plen: int) -> None:
     """Clients 0.1 and 0.2 share one masked network, 1.1 is in another: the first two share a
     template (FromIP = the masked network), the third is scheduled on its own."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     scenario = Scenario(
         name=name,
         services=(
@@ -163,10 +160,9 @@ def test_fwmark_any_port_same_rs(case: Case) -> None:
     marked TCP to VIP1:80, TCP to VIP2:8080 and UDP to VIP1:53 all reach one real server, under
     exactly one template whose proto is IP and whose ToIP is the mark."""
     fam = case.family
-    key = ServiceKey(fam, fwmark=3)
+    key = case.fwmark_key(3)
     client = case.cip(0, 1)
     scenario = Scenario(
-        name="fwmark-any-port-same-rs",
         services=(
             ServiceConfig(
                 Service(key, "rr", timeout=60),
@@ -210,9 +206,8 @@ def test_port_zero(case: Case) -> None:
     """A persistent port-zero service: one client's flows to VIP:22 and VIP:3306 share the
     <TCP, client, VIP, 0> template and reach one real server, each still addressed to its own
     port."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 0)
+    key = case.key(TCP, 0)
     scenario = Scenario(
-        name="port-zero",
         services=(
             ServiceConfig(
                 Service(key, "rr", timeout=60),
@@ -248,11 +243,9 @@ def test_ftp_key(case: Case) -> None:
     """A persistent FTP service's template has TPrt 0 and DPrt 0 (the port-21 key is the
     port-zero key); a normal persistent service's template has TPrt = the service port and
     DPrt = the dest's port (here NAT to 8080, so the two differ)."""
-    fam = case.family
-    ftp = ServiceKey(fam, TCP, case.vip(0), 21)
-    web = ServiceKey(fam, TCP, case.vip(1), 80)
+    ftp = case.key(TCP, 21)
+    web = case.key(TCP, 80, vip=1)
     scenario = Scenario(
-        name="ftp-key",
         services=(
             ServiceConfig(Service(ftp, "rr", timeout=60), (Dest(case.rip(0), 21),)),
             ServiceConfig(Service(web, "rr", timeout=60), (Dest(case.rip(1), 8080, fwd=Fwd.NAT),)),
@@ -305,9 +298,8 @@ def test_sip(case: Case) -> None:
     client network is still compared: two clients of different networks with one Call-ID get
     separate templates, a client's second datagram with its Call-ID sticks, and a datagram
     without a Call-ID is dropped."""
-    key = ServiceKey(case.family, UDP, case.vip(0), 5060)
+    key = case.key(UDP, 5060)
     scenario = Scenario(
-        name="sip",
         services=(
             ServiceConfig(
                 Service(key, "rr", timeout=60, pe="sip"),

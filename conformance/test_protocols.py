@@ -13,7 +13,7 @@ import ipaddress
 from conformance.runner.case import Case
 from conformance.runner.rules import rule
 from impl.scenario import Scenario, Send, ServiceConfig, SetSysctl
-from impl.types import IPV4, Flow, FwmarkRule, PacketKind, Proto, Service, ServiceKey
+from impl.types import IPV4, Flow, FwmarkRule, PacketKind, Proto, Service
 
 TCP, UDP, SCTP = Proto.TCP, Proto.UDP, Proto.SCTP
 
@@ -28,10 +28,9 @@ def test_ops(case: Case) -> None:
     with rr, successive datagrams of one socket rotate across the servers; with OPS and
     persistence they all follow the template to one server; without OPS (control) they
     follow their connection."""
-    fam = case.family
-    rr_ops = ServiceKey(fam, UDP, case.vip(0), 53)
-    persist_ops = ServiceKey(fam, UDP, case.vip(1), 53)
-    plain = ServiceKey(fam, UDP, case.vip(2), 53)
+    rr_ops = case.key(UDP, 53)
+    persist_ops = case.key(UDP, 53, vip=1)
+    plain = case.key(UDP, 53, vip=2)
 
     def datagram(n: int) -> Send:
         # the same three sockets each time: separate steps keep (client, sport) unique per Send
@@ -44,7 +43,6 @@ def test_ops(case: Case) -> None:
         )
 
     scenario = Scenario(
-        name="ops",
         services=(
             ServiceConfig(Service(rr_ops, "rr", ops=True), case.dests()),
             ServiceConfig(Service(persist_ops, "rr", timeout=30, ops=True), case.dests()),
@@ -71,12 +69,11 @@ def test_ops_udp_only(case: Case) -> None:
     """OPS on a fwmark service that takes TCP and UDP applies to UDP only: a TCP connection is
     kept (its ACK follows it), while successive UDP datagrams of one socket are each scheduled."""
     fam = case.family
-    key = ServiceKey(fam, fwmark=8)
+    key = case.fwmark_key(8)
     vip = case.vip(0)
     tcp = case.cip(0, 1)
     udp = case.cip(0, 2)
     scenario = Scenario(
-        name="ops-udp-only",
         services=(ServiceConfig(Service(key, "rr", ops=True), case.dests()),),
         fwmark_rules=(FwmarkRule(8, fam, ipaddress.ip_network(f"{vip}/{vip.max_prefixlen}")),),
         steps=(
@@ -119,11 +116,10 @@ def test_icmp(case: Case) -> None:
     (the mark is set on the ping too, but no lookup happens). Afterwards the same client's first
     SYN is scheduled as new and creates the only template (the control)."""
     fam = case.family
-    web = ServiceKey(fam, TCP, case.vip(0), 80)
-    marked = ServiceKey(fam, fwmark=9)
+    web = case.key(TCP, 80)
+    marked = case.fwmark_key(9)
     vip1 = case.vip(1)
     scenario = Scenario(
-        name="icmp",
         services=(
             ServiceConfig(Service(web, "rr", timeout=60), case.dests()),
             ServiceConfig(Service(marked, "rr", timeout=60), case.dests()),
@@ -167,9 +163,8 @@ def _sctp(case: Case, sport: int, kind: PacketKind) -> Flow:
 def test_sctp_init(case: Case) -> None:
     """An SCTP INIT creates a connection; a DATA chunk with no connection is not scheduled
     (sloppy_sctp=0) but is once sloppy_sctp=1."""
-    key = ServiceKey(case.family, SCTP, case.vip(0), 5000)
+    key = case.key(SCTP, 5000)
     scenario = Scenario(
-        name="sctp-init",
         services=(ServiceConfig(Service(key, "rr"), case.dests()),),
         steps=(
             Send((_sctp(case, 40001, "init"), _sctp(case, 40002, "data"))),
@@ -194,9 +189,8 @@ def test_sctp_init(case: Case) -> None:
 def test_sctp_abort_never(case: Case) -> None:
     """An SCTP ABORT with no connection is never scheduled, with sloppy_sctp=0 or 1; the
     director's stack does not answer an ABORT (RFC 9260 8.4), so nothing comes back."""
-    key = ServiceKey(case.family, SCTP, case.vip(0), 5000)
+    key = case.key(SCTP, 5000)
     scenario = Scenario(
-        name="sctp-abort-never",
         services=(ServiceConfig(Service(key, "rr"), case.dests()),),
         steps=(
             Send((_sctp(case, 40001, "abort"),)),

@@ -28,7 +28,7 @@ from impl.scenario import (
     Send,
     ServiceConfig,
 )
-from impl.types import Dest, Flow, FwmarkRule, Proto, ProtoTimeouts, Service, ServiceKey, SvcFlag
+from impl.types import Dest, Flow, FwmarkRule, Proto, ProtoTimeouts, Service, SvcFlag
 
 TCP, UDP = Proto.TCP, Proto.UDP
 
@@ -56,9 +56,8 @@ def new_flows(
 def test_order(case: Case) -> None:
     """Dests are inserted at the head of the service's list, so dests added A, B, C are listed
     C, B, A, and rr, whose pointer starts at the list head, picks C, B, A, then C again."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     scenario = Scenario(
-        name="order",
         services=(ServiceConfig(Service(key, "rr"), case.dests(1, 1, 1)),),
         steps=(Send(new_flows(case, TCP, 0, 80, 4)),),
     )
@@ -80,10 +79,9 @@ def test_order(case: Case) -> None:
 def test_rr_add(case: Case) -> None:
     """A dest added mid-sequence sits at the list head and does not move rr's pointer: the
     sequence continues with the remaining old dests, then wraps to the new one."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     a, b, c = case.dests(1, 1, 1)
     scenario = Scenario(
-        name="rr-add",
         services=(ServiceConfig(Service(key, "rr"), (a, b)),),  # listed b, a
         steps=(
             Send(new_flows(case, TCP, 0, 80, 1)),
@@ -109,10 +107,9 @@ def test_rr_add(case: Case) -> None:
 def test_rr_del(case: Case) -> None:
     """Deleting the dest rr just picked moves the pointer back one entry, so the next pick is
     the deleted dest's successor."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     ds = case.dests(1, 1, 1)
     scenario = Scenario(
-        name="rr-del",
         services=(ServiceConfig(Service(key, "rr"), ds),),
         steps=(
             Send(new_flows(case, TCP, 0, 80, 2)),  # rs3, rs2
@@ -133,12 +130,11 @@ def test_rr_del(case: Case) -> None:
 def test_rr_skip(case: Case) -> None:
     """rr, wrr, lc and wlc never pick a weight-0 dest nor an OVERLOADed one: with rs2 at weight
     0 and rs1 at u_threshold 1, rs2 gets nothing and rs1 at most its one connection."""
-    fam = case.family
     scheds = ("rr", "wrr", "lc", "wlc")
     configs = []
     steps = []
     for port, sched in enumerate(scheds, start=80):
-        key = ServiceKey(fam, TCP, case.vip(0), port)
+        key = case.key(TCP, port)
         ds = (Dest(case.rip(0), u_threshold=1), Dest(case.rip(1), weight=0), Dest(case.rip(2)))
         configs.append(ServiceConfig(Service(key, sched), ds))
         steps.append(
@@ -149,7 +145,7 @@ def test_rr_skip(case: Case) -> None:
                 )
             )
         )
-    scenario = Scenario(name="rr-skip", services=tuple(configs), steps=tuple(steps))
+    scenario = Scenario(services=tuple(configs), steps=tuple(steps))
     r = case.run(scenario)
     r.assert_conforms()
     for n, sched in enumerate(scheds):
@@ -172,7 +168,7 @@ def test_wrr(case: Case) -> None:
     """wrr with weights 4, 3, 2 in list order settles into the cycle A A B A B C A B C (each
     dest picked in proportion to its weight), and any dest edit restarts the walk from the list
     head: the pick right after an edit is A, where the unedited walk would give B."""
-    key = ServiceKey(case.family, UDP, case.vip(0), 53)
+    key = case.key(UDP, 53)
     a, b, c = Dest(case.rip(0), weight=4), Dest(case.rip(1), weight=3), Dest(case.rip(2), weight=2)
     client = case.cip(0, 1)
 
@@ -184,7 +180,6 @@ def test_wrr(case: Case) -> None:
         )
 
     scenario = Scenario(
-        name="wrr",
         services=(ServiceConfig(Service(key, "wrr"), (c, b, a)),),  # listed a, b, c
         steps=(datagrams(0, 14), EditDest(key, b), datagrams(14, 3)),
     )
@@ -216,12 +211,10 @@ def test_sh(case: Case) -> None:
     port enters the hash and spreads one client's flows; a bucket whose dest has weight 0 refuses
     the flow (ICMP unreachable) unless sh-fallback probes on to an available dest. The buckets
     themselves are the model's."""
-    fam = case.family
     weights = (1, 2, 1)
     zero_mid = (1, 0, 1)
-    svc = [ServiceKey(fam, UDP, case.vip(i), 53) for i in range(4)]
+    svc = [case.key(UDP, 53, vip=i) for i in range(4)]
     scenario = Scenario(
-        name="sh",
         services=(
             ServiceConfig(Service(svc[0], "sh"), case.dests(*weights)),
             ServiceConfig(Service(svc[1], "sh", sched_flags=SvcFlag.SCHED2), case.dests(*weights)),
@@ -263,7 +256,7 @@ def test_mh(case: Case) -> None:
     """mh keeps a 4093-slot Maglev table built from last_weight, so setting one dest's weight to
     0 does not rebuild anyone else's slots: with mh-fallback only that dest's clients move (to
     another dest), everyone else keeps their server. The slots themselves are the model's."""
-    key = ServiceKey(case.family, UDP, case.vip(0), 53)
+    key = case.key(UDP, 53)
     ds = case.dests(1, 1, 1)
     n = 12
 
@@ -275,7 +268,6 @@ def test_mh(case: Case) -> None:
         )
 
     scenario = Scenario(
-        name="mh",
         services=(ServiceConfig(Service(key, "mh", sched_flags=SvcFlag.SCHED1), ds),),
         steps=(round_(40000), EditDest(key, dataclasses.replace(ds[1], weight=0)), round_(41000)),
     )
@@ -298,11 +290,9 @@ def test_mh(case: Case) -> None:
 )
 def test_dh(case: Case) -> None:
     """dh hashes the packet's destination: every client of one VIP goes to the same server."""
-    fam = case.family
     scenario = Scenario(
-        name="dh",
         services=tuple(
-            ServiceConfig(Service(ServiceKey(fam, TCP, case.vip(v), 80), "dh"), case.dests(1, 1, 1))
+            ServiceConfig(Service(case.key(TCP, 80, vip=v), "dh"), case.dests(1, 1, 1))
             for v in (0, 1)
         ),
         steps=(Send(new_flows(case, TCP, 0, 80, 6) + new_flows(case, TCP, 1, 80, 6, net=1)),),
@@ -326,8 +316,8 @@ def test_lc_wlc(case: Case) -> None:
     lc on a fwmark service that takes TCP and UDP keeps sending to the dest loaded only with UDP
     connections; wlc with weights 1, 2, 3 spreads six TCP connections 1:2:3."""
     fam = case.family
-    lc_key = ServiceKey(fam, fwmark=4)
-    wlc_key = ServiceKey(fam, TCP, case.vip(1), 80)
+    lc_key = case.fwmark_key(4)
+    wlc_key = case.key(TCP, 80, vip=1)
     vip0 = ipaddress.ip_network(f"{case.vip(0)}/{case.vip(0).max_prefixlen}")
 
     def f(proto: Proto, host: int) -> Flow:
@@ -336,7 +326,6 @@ def test_lc_wlc(case: Case) -> None:
         )
 
     scenario = Scenario(
-        name="lc-wlc",
         services=(
             ServiceConfig(Service(lc_key, "lc"), case.dests(1, 1, 1)),
             ServiceConfig(Service(wlc_key, "wlc"), case.dests(1, 2, 3)),
@@ -369,13 +358,11 @@ def test_sed_nq(case: Case) -> None:
     """nq returns the first idle dest in list order at once, whatever the weights; sed ranks by
     (active + 1) / weight, so a weight-5 dest takes the first four connections before a
     weight-1 dest ties with it (ties keep the earlier dest)."""
-    fam = case.family
     ws = (1, 5, 1)  # listed rs3 (1), rs2 (5), rs1 (1)
     scenario = Scenario(
-        name="sed-nq",
         services=(
-            ServiceConfig(Service(ServiceKey(fam, TCP, case.vip(0), 80), "nq"), case.dests(*ws)),
-            ServiceConfig(Service(ServiceKey(fam, TCP, case.vip(1), 80), "sed"), case.dests(*ws)),
+            ServiceConfig(Service(case.key(TCP, 80), "nq"), case.dests(*ws)),
+            ServiceConfig(Service(case.key(TCP, 80, vip=1), "sed"), case.dests(*ws)),
         ),
         steps=(Send(new_flows(case, TCP, 0, 80, 3) + new_flows(case, TCP, 1, 80, 4, net=1)),),
     )
@@ -394,16 +381,10 @@ def test_fo_ovf(case: Case) -> None:
     """fo always picks the available dest with the highest weight (the earlier one on ties);
     ovf does too but skips a dest whose active connections exceed its weight, so a weight-2 dest
     takes three connections and the fourth moves on."""
-    fam = case.family
     scenario = Scenario(
-        name="fo-ovf",
         services=(
-            ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(0), 80), "fo"), case.dests(1, 3, 3)
-            ),
-            ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(1), 80), "ovf"), case.dests(1, 1, 2)
-            ),
+            ServiceConfig(Service(case.key(TCP, 80), "fo"), case.dests(1, 3, 3)),
+            ServiceConfig(Service(case.key(TCP, 80, vip=1), "ovf"), case.dests(1, 1, 2)),
         ),
         steps=(Send(new_flows(case, TCP, 0, 80, 4) + new_flows(case, TCP, 1, 80, 4, net=1)),),
     )
@@ -425,11 +406,10 @@ def test_overload(case: Case) -> None:
     """With u_threshold=2 a dest stops receiving new clients once it holds 2 connections (its
     persistent clients keep arriving, past the threshold) and takes new clients again once its
     connections drop below the lower threshold (u - u/4 when l_threshold is 0)."""
-    key = ServiceKey(case.family, UDP, case.vip(0), 53)
+    key = case.key(UDP, 53)
     ds = (Dest(case.rip(0)), Dest(case.rip(1)), Dest(case.rip(2), u_threshold=2))
     first = case.cip(0, 1)
     scenario = Scenario(
-        name="overload",
         services=(ServiceConfig(Service(key, "rr", timeout=30), ds),),
         timeouts=ProtoTimeouts(udp=2),
         steps=(

@@ -43,11 +43,10 @@ def test_fwmark_wins(case: Case) -> None:
     not used while the mark is set (ip_vs_service_find tries ``skb->mark`` before the tuple).
     An unmarked VIP still reaches its own exact service (the control)."""
     fam = case.family
-    fw_key = ServiceKey(fam, fwmark=7)
-    marked_exact = ServiceKey(fam, TCP, case.vip(0), 80)
-    control_exact = ServiceKey(fam, TCP, case.vip(1), 80)
+    fw_key = case.fwmark_key(7)
+    marked_exact = case.key(TCP, 80)
+    control_exact = case.key(TCP, 80, vip=1)
     scenario = Scenario(
-        name="fwmark-wins",
         services=(
             ServiceConfig(Service(fw_key, "rr"), (Dest(case.rip(0)), Dest(case.rip(1)))),
             ServiceConfig(Service(marked_exact, "rr"), (Dest(case.rip(2)),)),
@@ -88,7 +87,6 @@ def test_fwmark_af(case: Case) -> None:
     v4, v6 = IPV4, IPV6
     vip6 = addresses.vip(v6, 0)
     scenario = Scenario(
-        name="fwmark-af",
         services=(
             ServiceConfig(Service(ServiceKey(v4, fwmark=5), "rr"), (Dest(addresses.rip(v4, 0)),)),
             ServiceConfig(
@@ -120,9 +118,8 @@ def test_ftp_fallback(case: Case) -> None:
     """With a persistent TCP service on VIP:21 and no VIP:5000 service, a SYN to VIP:5000 is
     balanced by the :21 service under the <TCP, client, VIP, 0> key it shares with the client's
     FTP control connection: it lands on that connection's real server, forwarded to port 5000."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 21)
+    key = case.key(TCP, 21)
     scenario = Scenario(
-        name="ftp-fallback",
         services=(
             ServiceConfig(
                 Service(key, "rr", timeout=60),
@@ -156,9 +153,8 @@ def test_ftp_fallback_nonpersistent(case: Case) -> None:
     """The FTP fallback finds a non-persistent :21 service for a SYN to VIP:5000, but a
     non-persistent service schedules only its own port: ip_vs_leave hands the packet to the
     director's own stack (not balanced), while VIP:21 itself is balanced."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 21)
+    key = case.key(TCP, 21)
     scenario = Scenario(
-        name="ftp-fallback-nonpersistent",
         services=(ServiceConfig(Service(key, "rr"), (Dest(case.rip(0)), Dest(case.rip(1)))),),
         steps=(
             Send(
@@ -185,12 +181,10 @@ def test_ftp_vs_portzero(case: Case) -> None:
     served by the :21 service (FTP fallback comes before port zero) and ports 1-1023 other than
     20 by the :0 service; all of them key templates on <TCP, client, VIP, 0>, so one client's
     flows share one template (and its server) across both services."""
-    fam = case.family
-    ftp = ServiceKey(fam, TCP, case.vip(0), 21)
-    zero = ServiceKey(fam, TCP, case.vip(0), 0)
+    ftp = case.key(TCP, 21)
+    zero = case.key(TCP, 0)
     # disjoint dest sets make the serving service visible: :21 -> rs1, :0 -> rs3
     scenario = Scenario(
-        name="ftp-vs-portzero",
         services=(
             ServiceConfig(Service(ftp, "rr", timeout=60), (Dest(case.rip(0)),)),
             ServiceConfig(Service(zero, "rr", timeout=60), (Dest(case.rip(2)),)),
@@ -233,16 +227,14 @@ def test_nonpersist_port0(case: Case) -> None:
     """A non-persistent port-zero service never balances: its vport (0) never equals the
     packet's, so ip_vs_schedule creates no connection and ip_vs_leave answers with ICMP port
     unreachable, for TCP and UDP alike."""
-    fam = case.family
     scenario = Scenario(
-        name="nonpersist-port0",
         services=(
             ServiceConfig(
-                Service(ServiceKey(fam, TCP, case.vip(0), 0), "rr"),
+                Service(case.key(TCP, 0), "rr"),
                 (Dest(case.rip(0)), Dest(case.rip(1))),
             ),
             ServiceConfig(
-                Service(ServiceKey(fam, UDP, case.vip(0), 0), "rr"),
+                Service(case.key(UDP, 0), "rr"),
                 (Dest(case.rip(0)), Dest(case.rip(1))),
             ),
         ),
@@ -276,15 +268,13 @@ def test_ftpdata_sport(case: Case) -> None:
     goes to the director's own stack (a SYN gets a RST, a UDP datagram an ICMP port
     unreachable). This holds on a persistent service too, where no template is created for the
     client. The same services balance the same flows from another source port (the controls)."""
-    fam = case.family
-    web = ServiceKey(fam, TCP, case.vip(0), 80)
-    sticky = ServiceKey(fam, TCP, case.vip(1), 80)
-    dns = ServiceKey(fam, UDP, case.vip(0), 53)
+    web = case.key(TCP, 80)
+    sticky = case.key(TCP, 80, vip=1)
+    dns = case.key(UDP, 53)
     dests = case.dests()
     ftpdata = [case.cip(0, 1), case.cip(0, 2), case.cip(0, 3)]
     controls = [case.cip(0, 4), case.cip(0, 5), case.cip(0, 6)]
     scenario = Scenario(
-        name="ftpdata-sport",
         services=(
             ServiceConfig(Service(web, "rr"), dests),
             ServiceConfig(Service(sticky, "rr", timeout=60), dests),
@@ -331,9 +321,8 @@ def test_tcp_nonsyn(case: Case) -> None:
     """Only a SYN creates a TCP connection: a bare ACK with no connection goes to the
     director's own stack (sloppy_tcp=0, answered with a RST) but is scheduled once
     sloppy_tcp=1."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     scenario = Scenario(
-        name="tcp-nonsyn",
         services=(ServiceConfig(Service(key, "rr"), (Dest(case.rip(0)), Dest(case.rip(1)))),),
         steps=(
             Send((case.flow(TCP, case.cip(0, 1), 40001, case.vip(0), 80, kind="ack"),)),
@@ -355,9 +344,8 @@ def test_tcp_nonsyn(case: Case) -> None:
 def test_tcp_rst_never(case: Case) -> None:
     """A RST with no connection is never scheduled, with sloppy_tcp=0 or 1: it reaches the
     director's own stack, which does not answer a RST (so nothing comes back)."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     scenario = Scenario(
-        name="tcp-rst-never",
         services=(ServiceConfig(Service(key, "rr"), (Dest(case.rip(0)), Dest(case.rip(1)))),),
         steps=(
             Send((case.flow(TCP, case.cip(0, 1), 40001, case.vip(0), 80, kind="rst"),)),
@@ -385,9 +373,8 @@ def test_tcp_rst_never(case: Case) -> None:
 def test_udp_any(case: Case) -> None:
     """Any UDP datagram can create a connection, and later datagrams of the same 5-tuple follow
     that connection instead of being scheduled again (rr would have moved on)."""
-    key = ServiceKey(case.family, UDP, case.vip(0), 53)
+    key = case.key(UDP, 53)
     scenario = Scenario(
-        name="udp-any",
         services=(ServiceConfig(Service(key, "rr"), case.dests()),),
         steps=(
             Send(
@@ -425,11 +412,10 @@ def test_udp_any(case: Case) -> None:
 def test_conn_sticks(case: Case) -> None:
     """Once a connection exists its later packets follow it, even after its real server's
     weight drops to 0 (only new connections see the new weights)."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     dests = case.dests()
     first = case.flow(TCP, case.cip(0, 1), 40001, case.vip(0), 80)
     scenario = Scenario(
-        name="conn-sticks",
         services=(ServiceConfig(Service(key, "rr"), dests),),
         steps=(
             Send((first,)),
@@ -461,13 +447,11 @@ def test_no_dest(case: Case) -> None:
     unreachable, for TCP too; a persistent FTP service with no dest hands a flow to a data port
     (>= 1024, via the FTP fallback) to the director's stack instead, while its port 21 gets the
     ICMP unreachable."""
-    fam = case.family
-    web = ServiceKey(fam, TCP, case.vip(0), 80)
-    dns = ServiceKey(fam, UDP, case.vip(0), 53)
-    ftp = ServiceKey(fam, TCP, case.vip(1), 21)
+    web = case.key(TCP, 80)
+    dns = case.key(UDP, 53)
+    ftp = case.key(TCP, 21, vip=1)
     zero = (Dest(case.rip(0), weight=0), Dest(case.rip(1), weight=0))
     scenario = Scenario(
-        name="no-dest",
         services=(
             ServiceConfig(Service(web, "rr"), zero),
             ServiceConfig(Service(dns, "rr"), zero),

@@ -18,7 +18,7 @@ from conformance.runner.grading import CaseResult
 from conformance.runner.rules import rule
 from conformance.test_persistence_keys import sip_invite
 from impl.scenario import AddDest, Advance, DelDest, EditDest, Scenario, Send, ServiceConfig
-from impl.types import Dest, Proto, ProtoTimeouts, Service, ServiceKey, Sysctls
+from impl.types import Dest, Proto, ProtoTimeouts, Service, Sysctls
 
 TCP, UDP = Proto.TCP, Proto.UDP
 
@@ -48,12 +48,11 @@ def test_invalidated_later_flows(case: Case) -> None:
     template is never found again on any kernel (6.x: re-keyed to vport 0xFFFF; 7.2: kept on
     its vport but skipped for its dport 0xFFFF). A client that never looked its template up
     while the dest was gone is revived onto it."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     dests = case.dests()
     moved, kept = case.cip(0, 1), case.cip(1, 1)
     vip = case.vip(0)
     scenario = Scenario(
-        name="invalidated-later-flows",
         services=(ServiceConfig(Service(key, "rr", timeout=60), dests),),
         steps=(
             Send((case.flow(TCP, moved, 40001, vip, 80),)),  # rr: rs3
@@ -92,10 +91,9 @@ def test_dest_port_65535(case: Case) -> None:
     0xFFFF, the mark 7.2 uses for an invalid template: from 7.2 the lookup never finds them and
     each new connection of a client is scheduled afresh (rr moves on, one template per
     connection); up to 6.12 the client sticks to its server."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 65535)
+    key = case.key(TCP, 65535)
     client = case.cip(0, 1)
     scenario = Scenario(
-        name="dest-port-65535",
         services=(ServiceConfig(Service(key, "rr", timeout=60), _on_port(case.dests(), 65535)),),
         steps=(
             Send((case.flow(TCP, client, 40001, case.vip(0), 65535),)),  # rr: rs3
@@ -120,13 +118,12 @@ def test_ffff_key_lookup(case: Case) -> None:
     template is valid again and sends the client's flow to VIP:65535 to the other service's real
     server, on that server's port 80. From 7.2 the dead template keeps vport 80 and is skipped:
     the port-65535 service schedules among its own servers."""
-    k80 = ServiceKey(case.family, TCP, case.vip(0), 80)
-    khigh = ServiceKey(case.family, TCP, case.vip(0), 65535)
+    k80 = case.key(TCP, 80)
+    khigh = case.key(TCP, 65535)
     dests = case.dests()
     client = case.cip(0, 1)
     vip = case.vip(0)
     scenario = Scenario(
-        name="ffff-key-lookup",
         services=(
             ServiceConfig(Service(k80, "rr", timeout=60), _on_port(dests, 80)),
             ServiceConfig(Service(khigh, "rr", timeout=60), _on_port(dests[:2], 65535)),
@@ -158,7 +155,7 @@ def test_sip_invalidated_revive(case: Case) -> None:
     invalidated template alive. With the server's weight back, the same Call-ID comes again: on
     7.2 the SIP lookup still finds the invalidated template and the call returns to its first
     server; up to 6.12 that template was re-keyed away and rr picks the next server."""
-    key = ServiceKey(case.family, UDP, case.vip(0), 5060)
+    key = case.key(UDP, 5060)
     dests = case.dests()
     client, vip = case.cip(0, 1), case.vip(0)
 
@@ -170,7 +167,6 @@ def test_sip_invalidated_revive(case: Case) -> None:
     for n in range(7):  # the first connection lives on: its template is extended at 14 s
         keepalive += [Advance(2.0), call(40001, f"k{n}")]
     scenario = Scenario(
-        name="sip-invalidated-revive",
         services=(ServiceConfig(Service(key, "rr", timeout=14, pe="sip"), dests),),
         sysctls=Sysctls(expire_quiescent_template=1),
         timeouts=ProtoTimeouts(udp=6),

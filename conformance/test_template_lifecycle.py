@@ -78,10 +78,9 @@ def test_expiry_ops(case: Case) -> None:
     """With persistent UDP, OPS and timeout T=2 s, each datagram refreshes the template: one
     sent 1 s after the last sticks, one sent after 3 s of silence is scheduled afresh (rr moves
     on to another server) because the template is gone from the table."""
-    key = ServiceKey(case.family, UDP, case.vip(0), 53)
+    key = case.key(UDP, 53)
     client = case.cip(0, 1)
     scenario = Scenario(
-        name="expiry-ops",
         services=(ServiceConfig(Service(key, "rr", timeout=2, ops=True), case.dests()),),
         steps=(
             Send((case.flow(UDP, client, 40001, case.vip(0), 53),)),
@@ -116,9 +115,8 @@ def test_refresh_on_new_conn(case: Case) -> None:
     connection do not refresh its template: 2 s after creation a T=5 s template fed only by its
     connection's packets shows at most 3 s left (about 2), not 4-5. T=5 keeps the check well
     before that template's own deadline, where an extension to 60 s would blur it."""
-    fam = case.family
-    ops_key = ServiceKey(fam, UDP, case.vip(0), 53)
-    conn_key = ServiceKey(fam, UDP, case.vip(1), 53)
+    ops_key = case.key(UDP, 53)
+    conn_key = case.key(UDP, 53, vip=1)
     c_new, c_old = case.cip(0, 1), case.cip(1, 1)
 
     def tick(i: int) -> Send:
@@ -133,7 +131,6 @@ def test_refresh_on_new_conn(case: Case) -> None:
             steps.append(Advance(1.0))
         steps.append(tick(i))
     scenario = Scenario(
-        name="refresh-on-new-conn",
         services=(
             ServiceConfig(Service(ops_key, "rr", timeout=2, ops=True), case.dests()),
             ServiceConfig(Service(conn_key, "rr", timeout=5), case.dests()),
@@ -168,10 +165,9 @@ def test_extension_60s(case: Case) -> None:
     """With T=2 s and a controlled connection still in the table (a SYN whose handshake never
     completes stays in SYN_RECV for 60 s), the template survives past T: a new connection 3 s
     later still reaches the same server, and the template's Expires shows about 60 s."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     client = case.cip(0, 1)
     scenario = Scenario(
-        name="extension-60s",
         services=(ServiceConfig(Service(key, "rr", timeout=2), case.dests()),),
         steps=(
             Send((case.flow(TCP, client, 40001, case.vip(0), 80),)),
@@ -202,7 +198,7 @@ def test_extension_sticky_60(case: Case) -> None:
     60 s, not T. Here the re-arming connection is closed by the client's FIN (FIN_WAIT, 1 s), so
     a template re-armed to T=2 s would be gone 3 s later; re-armed to 60 s it still holds the
     client on its server."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     client = case.cip(0, 1)
     vip = case.vip(0)
 
@@ -210,7 +206,6 @@ def test_extension_sticky_60(case: Case) -> None:
         return tuple(case.flow(TCP, client, sport, vip, 80, kind=k) for k in kinds)
 
     scenario = Scenario(
-        name="extension-sticky-60",
         services=(ServiceConfig(Service(key, "rr", timeout=2), case.dests()),),
         timeouts=ProtoTimeouts(tcpfin=1),
         steps=(
@@ -248,11 +243,10 @@ def test_extension_expires(case: Case) -> None:
     closed by the client's FIN, FIN_WAIT 1 s), it is removed at its 60 s deadline and the
     client's next flow is scheduled afresh. Slow: waits out the 60 s extension (kernel timer
     slack is ~2 s at 60 s, so the check comes 5 s after the deadline)."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     client = case.cip(0, 1)
     vip = case.vip(0)
     scenario = Scenario(
-        name="extension-expires",
         services=(ServiceConfig(Service(key, "rr", timeout=2), case.dests()),),
         timeouts=ProtoTimeouts(tcpfin=1),
         steps=(
@@ -290,11 +284,10 @@ def test_removed_dest(case: Case) -> None:
     """Removing a template's dest sends that client's next new flow to another server; the
     old template stays in the table with TPrt/DPrt FFFF until its own timer expires (OPS, T=2,
     so nothing extends it)."""
-    key = ServiceKey(case.family, UDP, case.vip(0), 53)
+    key = case.key(UDP, 53)
     client = case.cip(0, 1)
     dests = case.dests()
     scenario = Scenario(
-        name="removed-dest",
         services=(ServiceConfig(Service(key, "rr", timeout=2, ops=True), dests),),
         steps=(
             Send((case.flow(UDP, client, 40001, case.vip(0), 53),)),  # rr: rs3
@@ -332,11 +325,10 @@ def test_revive(case: Case) -> None:
     """Removing and re-adding the same dest before the client's next flow restores the client to
     its old server (its template was never looked up while the dest was gone, so it was never
     invalidated), and the re-added dest sits at the head of the list, where rr starts again."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     dests = case.dests()
     client = case.cip(0, 1)
     scenario = Scenario(
-        name="revive",
         services=(ServiceConfig(Service(key, "rr", timeout=30), dests),),
         steps=(
             Send((case.flow(TCP, client, 40001, case.vip(0), 80),)),  # rr: rs3
@@ -365,11 +357,10 @@ def test_revive(case: Case) -> None:
 def test_weight0_default(case: Case) -> None:
     """With its dest at weight 0 and expire_quiescent_template=0, a persistent client keeps
     reaching its server, while new clients avoid it."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     dests = case.dests()
     client = case.cip(0, 1)
     scenario = Scenario(
-        name="weight0-default",
         services=(ServiceConfig(Service(key, "rr", timeout=30), dests),),
         steps=(
             Send((case.flow(TCP, client, 40001, case.vip(0), 80),)),  # rr: rs3
@@ -399,11 +390,10 @@ def test_weight0_quiescent(case: Case) -> None:
     """With expire_quiescent_template=1 a template whose dest has weight 0 is invalidated at the
     client's next new flow: the client is rescheduled to a server with weight > 0, and the old
     template lingers with TPrt/DPrt FFFF."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     dests = case.dests()
     client = case.cip(0, 1)
     scenario = Scenario(
-        name="weight0-quiescent",
         services=(ServiceConfig(Service(key, "rr", timeout=30), dests),),
         steps=(
             Send((case.flow(TCP, client, 40001, case.vip(0), 80),)),  # rr: rs3
@@ -433,7 +423,7 @@ def test_removed_dest_conn(case: Case) -> None:
     expire_nodest_conn=0; with expire_nodest_conn=1 the next one expires the connection and is
     scheduled afresh (on a persistent service: a new template on a remaining server). UDP, so
     the retried packet may create a connection."""
-    key = ServiceKey(case.family, UDP, case.vip(0), 53)
+    key = case.key(UDP, 53)
     dests = case.dests()
     client = case.cip(0, 1)
 
@@ -441,7 +431,6 @@ def test_removed_dest_conn(case: Case) -> None:
         return Send((case.flow(UDP, client, 40001, case.vip(0), 53, payload=b"again%d" % n),))
 
     scenario = Scenario(
-        name="removed-dest-conn",
         services=(ServiceConfig(Service(key, "rr", timeout=30), dests),),
         steps=(
             Send((case.flow(UDP, client, 40001, case.vip(0), 53),)),  # rr: rs3
@@ -468,11 +457,10 @@ def test_port_reuse(case: Case) -> None:
     follows that connection to its server, even though the client's template was invalidated
     meanwhile (weight 0 with expire_quiescent_template=1) and the client's other new connections
     go elsewhere."""
-    key = ServiceKey(case.family, TCP, case.vip(0), 80)
+    key = case.key(TCP, 80)
     dests = case.dests()
     client = case.cip(0, 1)
     scenario = Scenario(
-        name="port-reuse",
         services=(ServiceConfig(Service(key, "rr", timeout=30), dests),),
         sysctls=Sysctls(expire_quiescent_template=1),
         steps=(
@@ -498,10 +486,9 @@ def test_counters(case: Case) -> None:
     """A template adds to PERSIST_CONNS only, which no scheduler reads: with lc, a client
     pinned by a template whose connection has expired does not make new clients avoid its
     server; its new connection then counts like any other."""
-    key = ServiceKey(case.family, UDP, case.vip(0), 53)
+    key = case.key(UDP, 53)
     client = case.cip(0, 1)
     scenario = Scenario(
-        name="counters",
         services=(ServiceConfig(Service(key, "lc", timeout=30), case.dests()),),
         timeouts=ProtoTimeouts(udp=1),
         steps=(
@@ -534,11 +521,10 @@ def test_proc_format(case: Case) -> None:
     ESTABLISHED; a fwmark service gives <IP, client, 0, mark, 0, RIP, 0>, NONE. (The rendering
     of these fields as /proc text is the implementation adapter's parser's job.)"""
     fam = case.family
-    web = ServiceKey(fam, TCP, case.vip(0), 80)
-    fw = ServiceKey(fam, fwmark=9)
+    web = case.key(TCP, 80)
+    fw = case.fwmark_key(9)
     client = case.cip(0, 1)
     scenario = Scenario(
-        name="proc-format",
         services=(
             ServiceConfig(Service(web, "rr", timeout=30), (Dest(case.rip(0), 80),)),
             ServiceConfig(Service(fw, "rr", timeout=30), (Dest(case.rip(1)),)),

@@ -82,9 +82,9 @@ Step = Send | Advance | AddDest | EditDest | DelDest | EditService | SetSysctl
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    name: str
-    services: tuple[ServiceConfig, ...]
-    steps: tuple[Step, ...]
+    name: str = ""  # empty: the conformance runner names it after the case's rule
+    services: tuple[ServiceConfig, ...] = ()
+    steps: tuple[Step, ...] = ()
     fwmark_rules: tuple[FwmarkRule, ...] = ()
     sysctls: Sysctls = field(default_factory=Sysctls)
     timeouts: ProtoTimeouts = field(default_factory=ProtoTimeouts)

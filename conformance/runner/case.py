@@ -18,6 +18,7 @@ Grading (:func:`grade`), strongest first:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -157,6 +158,14 @@ class Case:
         last one (rule ``order``)."""
         return tuple(Dest(self.rip(i), weight=w) for i, w in enumerate(weights or (1, 1, 1)))
 
+    def key(self, proto: Proto, port: int, vip: int = 0) -> ServiceKey:
+        """The key of a service on ``proto`` VIP ``vip``:``port`` in this case's family."""
+        return ServiceKey(self.family, proto, self.vip(vip), port)
+
+    def fwmark_key(self, mark: int) -> ServiceKey:
+        """The key of a fwmark service in this case's family."""
+        return ServiceKey(self.family, fwmark=mark)
+
     def flow(
         self,
         proto: Proto,
@@ -181,6 +190,8 @@ class Case:
         An injected traffic function (the runner's own tests) is not the engine and is used
         as it is.
         """
+        if not scenario.name:  # a case's scenario is named after its rule unless it says
+            scenario = dataclasses.replace(scenario, name=self.rule_id)
         self._sending = self._traffic
         if allow_ftpdata and self._traffic is _default_traffic:
             self._sending = functools.partial(_default_traffic, allow_ftpdata=True)
