@@ -44,13 +44,29 @@ CHANGES: tuple[KernelChange, ...] = (
     KernelChange(
         "no_invisible_templates",
         "templates never take ONE_PACKET from a dest's conn_flags",
-        "net/netfilter/ipvs/ip_vs_core.c ip_vs_sched_persist, stable patch 'ipvs: do not "
-        "create invisible templates' (6.1.191, 6.12.113)",
+        "net/netfilter/ipvs/ip_vs_conn.c ip_vs_bind_dest, stable patch 'ipvs: do not "
+        "create invisible templates' (6.1.191, 6.12.113, 7.2.10)",
     ),
     KernelChange(
         "has_twos",
         "the twos (random two choices) scheduler exists",
-        "net/netfilter/ipvs/ip_vs_twos.c (new in 6.2)",
+        "net/netfilter/ipvs/ip_vs_twos.c, built by Debian from 6.11.2-1 (CONFIG_IP_VS_TWOS)",
+    ),
+    KernelChange(
+        "invalidate_by_dport",
+        "an invalidated template keeps its vport (/proc shows VIP:PORT => RIP:FFFF, not "
+        "VIP:FFFF => RIP:FFFF) and the lookup skips templates with dport 0xFFFF: a real server "
+        "on port 65535 loses persistence, a port-65535 service no longer finds dead templates, "
+        "and a SIP Call-ID template can revive",
+        "net/netfilter/ipvs/ip_vs_conn.c ip_vs_check_template, ip_vs_ct_in_get, upstream "
+        "'ipvs: switch to per-net connection table' (7.2; docs/kernel-differences.md §1)",
+    ),
+    KernelChange(
+        "conn_tab_per_netns",
+        "/proc/net/ip_vs prints the netns's own connection table size (0, then 256) instead "
+        "of 4096",
+        "net/netfilter/ipvs/ip_vs_ctl.c ip_vs_info_seq_show, get_conn_tab_size (7.2; "
+        "docs/kernel-differences.md §2)",
     ),
 )
 

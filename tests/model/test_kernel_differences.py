@@ -8,6 +8,7 @@ from model_support import RIPS, VIP, cip, dests, key, tcp, udp
 from test_model_sip import INVITE
 
 from impl.director import Director
+from impl.kernel_changes import differences
 from impl.kernel_level import KernelLevel, parse_release
 from impl.procfs import render_ip_vs
 from impl.types import Dest, Proto, ProtoTimeouts, Service, Sysctls
@@ -182,3 +183,19 @@ def test_proc_ip_vs_size() -> None:
     assert "(size=256)" in render_ip_vs(new)
     new.del_service(svc.key)
     assert "(size=256)" in render_ip_vs(new)  # attached for the netns's lifetime
+
+
+def test_upgrade_reasons_name_the_7_2_change() -> None:
+    """What `lvsconf diff` can cite as modelled for each Debian upgrade (impl.kernel_changes)."""
+    bookworm, trixie = parse_release("6.1.192"), parse_release("6.12.118")
+    assert [n for n, _ in differences(trixie, SID)] == ["invalidate_by_dport", "conn_tab_per_netns"]
+    assert [n for n, _ in differences(bookworm, SID)] == [
+        "has_twos",
+        "invalidate_by_dport",
+        "conn_tab_per_netns",
+    ]
+    assert [n for n, _ in differences(BULLSEYE, bookworm)] == [
+        "totalconns",
+        "overload_rework",
+        "no_invisible_templates",
+    ]
