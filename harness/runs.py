@@ -13,6 +13,7 @@ unmade, so the sweep and the topology builder agree on what "already gone" means
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import errno
@@ -319,8 +320,6 @@ def default_run() -> Run:
     global _default
     with _default_lock:
         if _default is None or _default.closed:
-            import atexit
-
             _default = Run()
             atexit.register(_default.close)
         return _default
@@ -473,7 +472,16 @@ def _on_interrupt(signum: int, frame: object) -> None:
                 os.write(_interrupt["fd"], CLEANUP_NOTICE.encode())
         return
     _interrupt["seen"] = True
+    # Interpreter shutdown restores the default dispositions (Python's signal module
+    # finalisation) after atexit handlers ran; one more Ctrl-C then would kill the process by
+    # SIGINT instead of letting it exit with its status. Ignore both from atexit on.
+    atexit.register(_ignore_interrupts)
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _ignore_interrupts() -> None:
+    for sig in _INTERRUPTS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def notice_to(fd: int) -> None:
