@@ -119,7 +119,9 @@ def test_cli_json_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "unknown sysctl 'nope'" in err(
         "--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80", "--sysctl", "nope=1"
     )
-    assert "--sysctl: bad sysctl 'x'" in err("--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80", "--sysctl", "x")
+    assert "--sysctl: bad sysctl 'x'" in err(
+        "--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80", "--sysctl", "x"
+    )
     assert "--kernel-release" in err(
         "--flow", "tcp 1.2.3.4:1 -> 198.19.0.1:80", "--kernel-release", "banana"
     )
