@@ -19,6 +19,7 @@ import hashlib
 import os
 import signal
 import subprocess
+import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from harness.topology import Net
 
 PREFIX = "exec:"
+PYTHON = "{python}"
 DEFAULT_TIMEOUT = 15.0
 FWMARK_VIA = ("nft", "file")
 TOP_KEYS = {"name", "description", "exact", "unsupported", "schedulers", "start", "ready"}
@@ -110,7 +112,9 @@ def _argv(p: _Problems, root: Path, key: str, value: object) -> tuple[str, ...] 
         p.add(key, f"{value!r} is not a command", 'give an argv list, e.g. ["./lb", "apply"]')
         return None
     first = value[0]
-    if "/" in first and not os.path.isabs(first):
+    if first == PYTHON:  # lvsconf's own interpreter (glue written in Python, like nftlb's)
+        first = sys.executable
+    elif "/" in first and not os.path.isabs(first):
         first = str((root / first).resolve())
     return (first, *value[1:])
 

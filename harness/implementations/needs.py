@@ -11,8 +11,9 @@ scheduling; ``pe`` a persistence engine (SIP); ``sched-flags`` scheduler flags; 
 a scheduler (``sched:wlc``); ``tcp`` / ``udp`` / ``sctp`` a protocol; ``ipv4`` / ``ipv6`` a
 family; ``dr`` / ``nat`` / ``tun`` a forwarding method; ``mixed-forwarding`` one service with
 dests of several methods; ``thresholds`` dest connection thresholds; ``weight-zero`` a dest of
-weight 0 (quiescent); ``sysctls`` IPVS sysctls other than the defaults; ``timeouts`` protocol
-timeouts other than the defaults; ``add-dest`` / ``edit-dest`` / ``del-dest`` /
+weight 0 (quiescent), ``weight-zero-nat`` one with NAT forwarding; ``sysctls`` IPVS sysctls
+other than the defaults; ``timeouts`` protocol timeouts other than the defaults;
+``add-dest`` / ``edit-dest`` / ``del-dest`` /
 ``edit-service`` edits during the scenario; ``advance`` waiting (timer behaviour); ``tcp-state``
 TCP or SCTP packets other than a connection's first (ACK, FIN, RST, ...); ``icmp`` ICMP echo to
 a VIP; ``no-dest`` a service without any dest while traffic flows; ``sched-state`` a dest
@@ -57,6 +58,7 @@ FIXED: tuple[str, ...] = (
     "mixed-forwarding",
     "thresholds",
     "weight-zero",
+    "weight-zero-nat",
     "sysctls",
     "timeouts",
     "add-dest",
@@ -118,6 +120,8 @@ def _dest(key: ServiceKey, dest: Dest) -> dict[str, str]:
         found["thresholds"] = f"dest {dest} of {key}: connection thresholds"
     if dest.weight == 0:
         found["weight-zero"] = f"dest {dest} of {key}: weight 0 (quiescent)"
+        if dest.fwd is Fwd.NAT:
+            found["weight-zero-nat"] = f"dest {dest} of {key}: weight 0 on a NAT dest"
     return found
 
 

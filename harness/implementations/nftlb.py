@@ -1,12 +1,15 @@
-"""nftlb (Debian's nftables load balancer daemon) as a third-party implementation under test.
+"""nftlb (Debian's nftables load balancer daemon) through the black-box contract.
 
-``Nftlb().install(net, scenario)`` starts ``nftlb`` in the foreground inside the director
-namespace (its nftables tables must land in that namespace's ruleset only), with the REST API on
-127.0.0.1 of that namespace and a random key, waits (bounded) until the API answers, and posts
-one farm per scenario service. The harness talks to the API over a TCP socket opened inside the
-namespace (http.client, no curl). On exit the daemon gets SIGTERM (then SIGKILL) and its tables
-are deleted; it also dies with the harness (PR_SET_PDEATHSIG) and is recorded in the run's owner
-record so the sweep of a crashed run kills it.
+``--impl nftlb`` is the manifest next to this file (``nftlb.toml``) run by
+:mod:`harness.implementations.exec`: the harness starts ``python -m
+harness.implementations.nftlb serve`` in the director namespace, which execs ``nftlb`` in the
+foreground with a random key (its nftables tables land in that namespace's ruleset only), polls
+``ready`` (``GET /farms``), and pipes the scenario's state as ipvsadm-save text to ``apply`` at
+install and after every edit. This module is that glue: ``apply`` turns the text into farms and
+compares it with the state it applied before (kept in the scratch directory) to send only what
+changed, as an operator would: ``POST /farms`` (a farm, or a backend by name: new or updated),
+``DELETE /farms/<f>/backends/<b>``. What nftlb cannot express is declared in the manifest by
+feature name (:mod:`harness.implementations.needs`) and graded ``unsupported``.
 
 Mapping (what nftlb can express of an IPVS service):
 
@@ -24,55 +27,33 @@ Mapping (what nftlb can express of an IPVS service):
   changes are posted with the VIPs briefly routed out of the client link (vips_routed_out).
 
 nftlb exposes sessions, not IPVS templates (no per-connection state, TTL refreshed by every
-packet: src/nft.c ``ct mark != 0 update @persist-<farm>``), so ``templates()`` and
-``connections()`` return None and cases are graded by equivalence (``exact = False``).
+packet: src/nft.c ``ct mark != 0 update @persist-<farm>``), so the manifest has no templates
+command and cases are graded by equivalence (``exact = false``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
-import time
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from harness import addresses, processes, runs
-from harness.nft import NftError, nft
-from impl.scenario import (
-    AddDest,
-    EditDest,
-    EditService,
-    Scenario,
-    SetSysctl,
-)
-from impl.types import (
-    IPV4,
-    Connection,
-    Dest,
-    Fwd,
-    IPAddress,
-    Proto,
-    ProtoTimeouts,
-    Service,
-    ServiceKey,
-    Sysctls,
-    Template,
-    full_netmask,
-)
+from impl.ipvsadm import load_rules, render_rules, service_option
+from impl.scenario import ServiceConfig
+from impl.types import IPV4, Dest, Fwd, IPAddress, Proto, Service
 
-if TYPE_CHECKING:
-    from harness.topology import Net
-
+MANIFEST = Path(__file__).with_name("nftlb.toml")
 API_HOST = "127.0.0.1"
 API_PORT = 5555
-READY_TIMEOUT = 15.0
 HTTP_TIMEOUT = 10.0
 MISSING = "nftlb not found: apt-get install nftlb"
 
@@ -86,96 +67,13 @@ WEIGHTED: frozenset[str] = frozenset({"wrr"})
 #: forwarding method -> nftlb farm mode
 MODES: dict[Fwd, str] = {Fwd.NAT: "dnat", Fwd.DR: "dsr"}
 PROTOCOLS: dict[Proto, str] = {Proto.TCP: "tcp", Proto.UDP: "udp", Proto.SCTP: "sctp"}
-#: the tables nftlb creates (README "How it works"); removed after the daemon is gone
+#: the tables nftlb creates (README "How it works"); removed when the case ends
 TABLES: tuple[str, ...] = ("ip nftlb", "ip6 nftlb", "netdev nftlb")
-FTP_PORT = 21
 IFA_F_NODAD = 0x02  # an IPv6 VIP put back on lo is usable at once
 
 
 class NftlbError(RuntimeError):
     """nftlb is missing, did not start, or refused a request; one line naming the fix."""
-
-
-# ---------------------------------------------------------------- what nftlb cannot express
-
-
-def _service_reason(svc: Service) -> str | None:
-    key = svc.key
-    if key.fwmark:
-        return f"fwmark service {key}: nftlb farms match addresses and ports, not marks"
-    if key.vport == 0:
-        return f"port-zero service {key}: an nftlb farm needs its virtual ports"
-    if key.vport == FTP_PORT:
-        return f"FTP service {key}: nftlb has no IPVS FTP fallback or FTP persistence key"
-    if key.proto not in PROTOCOLS:
-        return f"service {key}: protocol {key.proto.label} is not a farm protocol"
-    if svc.netmask is not None and svc.netmask != full_netmask(key.family):
-        return f"service {key}: persistence netmask/granularity (nftlb keys exact addresses)"
-    if svc.ops:
-        return f"service {key}: one-packet scheduling (nftlb has no OPS)"
-    if svc.pe:
-        return f"service {key}: persistence engine {svc.pe} (nftlb has no SIP Call-ID key)"
-    if svc.scheduler not in SCHEDULERS:
-        return (
-            f"service {key}: scheduler {svc.scheduler} (nftlb maps only rr and wrr; its "
-            "weight is random and hash/symhash are not IPVS schedulers)"
-        )
-    if svc.sched_flags:
-        return f"service {key}: scheduler flags {svc.sched_flags!r}"
-    return None
-
-
-def _dest_reason(key: ServiceKey, dest: Dest) -> str | None:
-    if dest.fwd not in MODES:
-        return f"dest {dest.addr} of {key}: forwarding {dest.fwd.value} (nftlb does dnat and dsr)"
-    if dest.u_threshold or dest.l_threshold:
-        return f"dest {dest.addr} of {key}: connection thresholds"
-    if dest.weight == 0 and dest.fwd is Fwd.NAT:
-        # a "down" dnat backend leaves the dnat map while its clients' persist entries keep its
-        # ct mark, so their packets are not translated at all (measured: answered locally)
-        return (
-            f"dest {dest.addr} of {key}: weight 0 on a NAT dest (nftlb has no quiescent "
-            "dnat backend)"
-        )
-    return None
-
-
-def unsupported_reason(scenario: Scenario) -> str | None:
-    """One line naming the first thing of ``scenario`` nftlb cannot express, None if none."""
-    if scenario.fwmark_rules:
-        return "fwmark rules: nftlb farms match addresses and ports, not marks"
-    if scenario.sysctls != Sysctls():
-        return "IPVS sysctls other than the defaults (nftlb has no counterpart)"
-    if scenario.timeouts != ProtoTimeouts():
-        return "IPVS protocol timeouts other than the defaults (nftlb uses conntrack's)"
-    fwd_of: dict[ServiceKey, set[Fwd]] = {}
-    for config in scenario.services:
-        reason = _service_reason(config.service)
-        if reason:
-            return reason
-        fwd_of[config.service.key] = set()
-        for dest in config.dests:
-            reason = _dest_reason(config.service.key, dest)
-            if reason:
-                return reason
-            fwd_of[config.service.key].add(dest.fwd)
-    for step in scenario.steps:
-        if isinstance(step, EditService):
-            return "EditService: nftlb farms are not edited in place like ipvsadm -E"
-        if isinstance(step, SetSysctl):
-            return f"sysctl {step.name}: IPVS sysctls have no nftlb counterpart"
-        if isinstance(step, (AddDest, EditDest)):
-            reason = _dest_reason(step.key, step.dest)
-            if reason:
-                return reason
-            fwd_of.setdefault(step.key, set()).add(step.dest.fwd)
-    for key, methods in fwd_of.items():
-        if len(methods) > 1:
-            return (
-                f"service {key} mixes forwarding methods "
-                f"({', '.join(sorted(m.value for m in methods))}); an nftlb farm has one mode"
-            )
-    return None
 
 
 # ---------------------------------------------------------------- farm mapping (pure)
@@ -203,10 +101,13 @@ class Links:
         self.rs_macs = dict(rs_macs)
 
     @classmethod
-    def of(cls, net: Net) -> Links:
-        n = len(net.rs)
-        macs = {addresses.rip(f, i): net.rs_mac(i) for f in net.topology.families for i in range(n)}
-        return cls(net.director_client_if, net.director_bridge, net.director_mac(), macs)
+    def from_env(cls, env: Mapping[str, str]) -> Links:
+        """From the black-box contract's environment (LVSCONF_CLIENT_IF, ...)."""
+        pairs = (item.split("=", 1) for item in env["LVSCONF_RS_MACS"].split())
+        macs = {ipaddress.ip_address(rip): mac for rip, mac in pairs}
+        return cls(
+            env["LVSCONF_CLIENT_IF"], env["LVSCONF_BRIDGE"], env["LVSCONF_DIRECTOR_MAC"], macs
+        )
 
 
 def backend_json(dest: Dest, links: Links, weighted: bool = True) -> dict[str, str]:
@@ -235,19 +136,6 @@ def backend_json(dest: Dest, links: Links, weighted: bool = True) -> dict[str, s
     return obj
 
 
-def farm_modes(scenario: Scenario) -> dict[ServiceKey, Fwd]:
-    """Each service's forwarding method, from its dests or else the dests its steps add (one
-    mode per farm: unsupported_reason refuses mixes); dnat when no dest ever appears."""
-    modes: dict[ServiceKey, Fwd] = {}
-    for config in scenario.services:
-        if config.dests:
-            modes[config.service.key] = config.dests[0].fwd
-    for step in scenario.steps:
-        if isinstance(step, (AddDest, EditDest)):
-            modes.setdefault(step.key, step.dest.fwd)
-    return {c.service.key: modes.get(c.service.key, Fwd.NAT) for c in scenario.services}
-
-
 def farm_json(
     name: str,
     service: Service,
@@ -257,9 +145,8 @@ def farm_json(
 ) -> dict[str, Any]:
     """One nftlb farm for an IPVS service and its dests (see the module docstring)."""
     key = service.key
-    reason = _service_reason(service)
-    if reason:
-        raise NftlbError(f"cannot map to an nftlb farm: {reason}")
+    if key.fwmark or key.proto not in PROTOCOLS or service.scheduler not in SCHEDULERS:
+        raise NftlbError(f"cannot map {key} ({service.scheduler}) to an nftlb farm")
     if fwd is None:
         fwd = dests[0].fwd if dests else Fwd.NAT
     farm: dict[str, Any] = {
@@ -291,33 +178,14 @@ def farm_json(
 # ---------------------------------------------------------------- the REST API
 
 
-class _NetnsHTTPConnection(http.client.HTTPConnection):
-    """An HTTPConnection whose socket is created inside a network namespace."""
-
-    def __init__(self, netns: str, host: str, port: int, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.netns = netns
-
-    def connect(self) -> None:
-        with runs.enter_netns(self.netns):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class NftlbAPI:
-    """``Key:``-authenticated JSON calls to one nftlb daemon inside a namespace."""
+    """``Key:``-authenticated JSON calls to the nftlb daemon of this namespace."""
 
-    def __init__(self, netns: str, key: str, host: str = API_HOST, port: int = API_PORT) -> None:
-        self.netns, self.key, self.host, self.port = netns, key, host, port
+    def __init__(self, key: str, host: str = API_HOST, port: int = API_PORT) -> None:
+        self.key, self.host, self.port = key, host, port
 
     def call(self, method: str, path: str, body: object | None = None) -> Any:
-        conn = _NetnsHTTPConnection(self.netns, self.host, self.port, HTTP_TIMEOUT)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=HTTP_TIMEOUT)
         try:
             data = None if body is None else json.dumps(body).encode()
             conn.request(method, path, body=data, headers={"Key": self.key})
@@ -335,18 +203,15 @@ class NftlbAPI:
             raise NftlbError(f"nftlb {method} {path} -> HTTP {resp.status}: {text.strip()[:200]}")
         return reply
 
-    def post_farms(self, *farms: dict[str, Any]) -> None:
-        self.call("POST", "/farms", {"farms": list(farms)})
-
     def sessions(self, farm: str) -> Any:
         return self.call("GET", f"/farms/{farm}/sessions")
 
 
-# ---------------------------------------------------------------- the running director
+# ---------------------------------------------------------------- the glue (runs in the namespace)
 
 
 @contextlib.contextmanager
-def vips_routed_out(net: Net, vips: set[IPAddress]) -> Iterator[None]:
+def vips_routed_out(client_if: str, vips: set[IPAddress]) -> Iterator[None]:
     """While nftlb renders DSR farms, make each VIP routed out of the client link.
 
     nftlb picks a DSR farm's ingress device by a route lookup of the virtual address
@@ -359,8 +224,10 @@ def vips_routed_out(net: Net, vips: set[IPAddress]) -> Iterator[None]:
     if not vips:
         yield
         return
-    with net.director.ipr() as ipr:
-        oif = ipr.link_lookup(ifname=net.director_client_if)[0]
+    from pyroute2 import IPRoute  # noqa: PLC0415 - only DSR farms need it
+
+    with IPRoute() as ipr:
+        oif = ipr.link_lookup(ifname=client_if)[0]
         moved: list[IPAddress] = []
         try:
             for vip in sorted(vips, key=lambda a: (a.version, int(a))):
@@ -382,109 +249,70 @@ def _af(addr: IPAddress) -> int:
     return socket.AF_INET if addr.version == 4 else socket.AF_INET6
 
 
-class NftlbHandle:
-    """A running nftlb director (harness.api.DirectorHandle)."""
+class Glue:
+    """One ``apply``: the farms of the new state, given what was applied before."""
 
-    def __init__(
-        self,
-        api: NftlbAPI,
-        process: subprocess.Popen[bytes],
-        net: Net,
-        farms: dict[ServiceKey, str],
-        dsr: set[ServiceKey],
-        weighted: set[ServiceKey],
-        log: Path,
-    ) -> None:
-        self.api = api
-        self.process = process
-        self.net = net
-        self.links = Links.of(net)
-        self.farms = farms
-        self.dsr = dsr  # services whose farm is in dsr mode (changes need vips_routed_out)
-        self.weighted = weighted  # services whose backends carry their IPVS weights (wrr)
-        self.log = log
+    def __init__(self, api: NftlbAPI, links: Links, scratch: Path) -> None:
+        self.api, self.links = api, links
+        self.state_path = scratch / "nftlb.state.json"
+        state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {}
+        self.old = load_rules(state.get("rules", ""))
+        #: service (ipvsadm -A spelling) -> [farm name, mode]
+        self.farms: dict[str, list[str]] = state.get("farms", {})
 
-    def _change(self, key: ServiceKey, method: str, path: str, body: object | None) -> None:
-        # every dsr VIP, not only this farm's: nftlb may re-validate all farms on a change
-        vips = {k.vaddr for k in self.dsr if k.vaddr is not None} if key in self.dsr else set()
-        with vips_routed_out(self.net, vips):
+    def save(self, configs: tuple[ServiceConfig, ...]) -> None:
+        state = {"rules": render_rules(configs), "farms": self.farms}
+        self.state_path.write_text(json.dumps(state))
+
+    def _dsr_vips(self) -> set[IPAddress]:
+        # every dsr VIP, not only the changed farm's: nftlb may re-validate all farms
+        vips = set()
+        for spelling, (_, mode) in self.farms.items():
+            if mode == MODES[Fwd.DR]:
+                vips.add(ipaddress.ip_address(spelling.split()[1].rsplit(":", 1)[0].strip("[]")))
+        return vips
+
+    def _change(self, method: str, path: str, body: object | None) -> None:
+        with vips_routed_out(self.links.client_if, self._dsr_vips()):
             self.api.call(method, path, body)
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+    def _farm(self, config: ServiceConfig, name: str, fwd: Fwd) -> dict[str, Any]:
+        self.farms[service_option(config.service.key)] = [name, MODES[fwd]]
+        return farm_json(name, config.service, config.dests, self.links, fwd)
 
-    def now(self) -> float:
-        # CLOCK_MONOTONIC is not namespaced: the harness reads the director's clock directly
-        return time.monotonic()
+    def apply(self, configs: tuple[ServiceConfig, ...]) -> None:
+        """New farms go in one POST (as at install before); then each farm's dest changes."""
+        old = {c.service.key: c for c in self.old}
+        new_farms = []
+        for index, config in enumerate(configs):
+            key = config.service.key
+            fwd = config.dests[0].fwd if config.dests else Fwd.NAT
+            before = old.get(key)
+            if service_option(key) not in self.farms:
+                new_farms.append(self._farm(config, farm_name(index), fwd))
+                continue
+            name, mode = self.farms[service_option(key)]
+            if before is not None and not before.dests and config.dests and mode != MODES[fwd]:
+                # a farm without backends has no sessions: re-create it in the dests' mode
+                self._change("DELETE", f"/farms/{name}", None)
+                self._change("POST", "/farms", {"farms": [self._farm(config, name, fwd)]})
+                continue
+            self._dests(name, config, before)
+        if new_farms:
+            self._change("POST", "/farms", {"farms": new_farms})
+        self.save(configs)
 
-    def _farm(self, key: ServiceKey) -> str:
-        try:
-            return self.farms[key]
-        except KeyError:
-            raise NftlbError(f"no nftlb farm for service {key}; add it in the scenario") from None
-
-    def add_dest(self, key: ServiceKey, dest: Dest) -> None:
-        backend = backend_json(dest, self.links, key in self.weighted)
-        farm = {"name": self._farm(key), "backends": [backend]}
-        self._change(key, "POST", "/farms", {"farms": [farm]})
-
-    def edit_dest(self, key: ServiceKey, dest: Dest) -> None:
-        # POSTing a backend with an existing name updates it (README "Add a new backend")
-        self.add_dest(key, dest)
-
-    def del_dest(self, key: ServiceKey, addr: IPAddress, port: int) -> None:
-        path = f"/farms/{self._farm(key)}/backends/{backend_name(addr, port)}"
-        self._change(key, "DELETE", path, None)
-
-    def edit_service(self, service: Service) -> None:
-        raise NftlbError("nftlb adapter: EditService is unsupported (see Nftlb.unsupported)")
-
-    def set_sysctl(self, name: str, value: int) -> None:
-        raise NftlbError(f"nftlb adapter: sysctl {name} has no nftlb counterpart")
-
-    def templates(self) -> list[Template] | None:
-        return None  # nftlb sessions are not IPVS templates
-
-    def connections(self) -> list[Connection] | None:
-        return None
-
-    def sessions(self, key: ServiceKey) -> Any:
-        """nftlb's own session list of the farm for ``key`` (evidence for reports)."""
-        return self.api.sessions(self._farm(key))
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-class Nftlb:
-    """``--impl nftlb``: the nftlb daemon balancing in the director namespace."""
-
-    name = "nftlb"
-    exact = False
-
-    def unsupported(self, scenario: Scenario) -> str | None:
-        return unsupported_reason(scenario)
-
-    @contextlib.contextmanager
-    def install(self, net: Net, scenario: Scenario) -> Iterator[NftlbHandle]:
-        farms = {c.service.key: farm_name(i) for i, c in enumerate(scenario.services)}
-        modes = farm_modes(scenario)
-        dsr = {key for key, fwd in modes.items() if fwd is Fwd.DR}
-        with start(net.director.netns, run=net.run) as (api, proc, log):
-            weighted = {c.service.key for c in scenario.services if c.service.scheduler in WEIGHTED}
-            handle = NftlbHandle(api, proc, net, farms, dsr, weighted, log)
-            if scenario.services:
-                bodies = [
-                    farm_json(
-                        farms[c.service.key], c.service, c.dests, handle.links, modes[c.service.key]
-                    )
-                    for c in scenario.services
-                ]
-                vips = {k.vaddr for k in dsr if k.vaddr is not None}
-                with vips_routed_out(net, vips):
-                    api.post_farms(*bodies)
-            yield handle
+    def _dests(self, name: str, config: ServiceConfig, before: ServiceConfig | None) -> None:
+        was = {(d.addr, d.port): d for d in (before.dests if before else ())}
+        now = {(d.addr, d.port): d for d in config.dests}
+        for addr, port in was.keys() - now.keys():
+            self._change("DELETE", f"/farms/{name}/backends/{backend_name(addr, port)}", None)
+        weighted = config.service.scheduler in WEIGHTED
+        for ident, dest in now.items():
+            if was.get(ident) != dest:
+                # POSTing a backend with an existing name updates it (README "Add a new backend")
+                backend = backend_json(dest, self.links, weighted)
+                self._change("POST", "/farms", {"farms": [{"name": name, "backends": [backend]}]})
 
 
 def _executable() -> str:
@@ -502,81 +330,76 @@ def command(exe: str, key: str, host: str = API_HOST, port: int = API_PORT) -> l
     return [exe, "-k", key, "-H", host, "-P", str(port), "-L", "2", "-l", "7"]
 
 
-@contextlib.contextmanager
-def start(
-    netns: str, run: runs.Run | None = None, timeout: float = READY_TIMEOUT, port: int = API_PORT
-) -> Iterator[tuple[NftlbAPI, subprocess.Popen[bytes], Path]]:
-    """Run nftlb in ``netns`` until the block exits; yields (api, process, log path)."""
-    exe = _executable()
-    key = secrets.token_hex(16)
-    with contextlib.ExitStack() as stack:
-        log_path = processes.workdir(stack, run, netns, "nftlb") / "log"
-        log = stack.enter_context(log_path.open("wb"))
-        stack.callback(_remove_tables, netns)  # after the daemon has stopped (LIFO)
-        # its tables must land in the director namespace's ruleset, never the host's
-        proc = stack.enter_context(
-            processes.netns_process(command(exe, key, port=port), netns, run, log)
-        )
-        api = NftlbAPI(netns, key, port=port)
-        _wait_ready(api, proc, log_path, timeout)
-        yield api, proc, log_path
+def _key_file(env: Mapping[str, str]) -> Path:
+    return Path(env["LVSCONF_SCRATCH"]) / "nftlb.key"
 
 
-def _wait_ready(api: NftlbAPI, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    last = "no answer yet"
-    while True:
-        if proc.poll() is not None:
-            raise NftlbError(
-                f"nftlb exited with status {proc.returncode} before its API answered: "
-                f"{processes.last_line(log)}"
-            )
-        try:
-            api.call("GET", "/farms")
-            return
-        except (OSError, http.client.HTTPException, NftlbError) as exc:
-            last = str(exc) or type(exc).__name__
-        if time.monotonic() > deadline:
-            raise NftlbError(
-                f"nftlb (pid {proc.pid}) API not ready within {timeout:.0f}s "
-                f"({last}); its log: {processes.last_line(log)}"
-            )
-        time.sleep(delay)  # polling interval of a bounded wait
-        delay = min(delay * 2, 0.1)
+def _api(env: Mapping[str, str]) -> NftlbAPI:
+    return NftlbAPI(_key_file(env).read_text().strip())
 
 
-def _remove_tables(netns: str) -> None:
-    """Delete nftlb's tables (it may leave them, and SIGKILL certainly does). Declaring a
-    table before deleting it makes the delete succeed whether or not it exists."""
-    script = "".join(f"table {t}\ndelete table {t}\n" for t in TABLES)
+def remove_tables_script() -> str:
+    """Delete nftlb's tables; declaring a table first makes the delete succeed either way."""
+    return "".join(f"table {t}\ndelete table {t}\n" for t in TABLES)
+
+
+def main(argv: list[str], env: Mapping[str, str] = os.environ) -> int:
+    """``serve`` | ``ready`` | ``apply`` (rules on stdin) | ``sessions FARM`` (nftlb's own
+    session list, as JSON: evidence) | ``stop``, inside the namespace."""
+    what = argv[0] if argv else ""
     try:
-        nft(netns, script)
-    except NftError:
-        if os.path.exists(runs.NETNS_DIR / netns):
-            raise
-        # the namespace is already gone, and its ruleset with it
+        if what == "serve":
+            exe = _executable()
+            key = secrets.token_hex(16)
+            _key_file(env).write_text(key)
+            os.execv(exe, command(exe, key))  # the harness holds nftlb's own pid
+        elif what == "ready":
+            _api(env).call("GET", "/farms")
+        elif what == "apply":
+            configs = load_rules(sys.stdin.read(), "<lvsconf apply>")
+            Glue(_api(env), Links.from_env(env), Path(env["LVSCONF_SCRATCH"])).apply(configs)
+        elif what == "sessions" and len(argv) == 2:
+            print(json.dumps(_api(env).sessions(argv[1])))
+        elif what == "stop":
+            subprocess.run(["nft", "-f", "-"], input=remove_tables_script(), text=True, check=True)
+        else:
+            raise NftlbError(f"unknown command {what!r}: use serve, ready, apply, sessions or stop")
+    except (NftlbError, OSError, http.client.HTTPException, subprocess.CalledProcessError) as exc:
+        print(f"nftlb glue {what}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def Nftlb() -> Any:  # noqa: N802 - the registry names a factory as it would a class
+    """``--impl nftlb``: the manifest next to this module, run through the contract."""
+    from harness.implementations.exec import ExecImplementation, load_manifest  # noqa: PLC0415
+
+    return ExecImplementation(load_manifest(str(MANIFEST)))
 
 
 def leftovers(netns: str) -> list[str]:
     """nftlb tables still present in ``netns`` (empty when clean)."""
-    from harness.nft import nft_list
+    from harness.nft import nft_list  # noqa: PLC0415
 
     text = nft_list(netns)
     return [t for t in TABLES if f"table {t} " in text or f"table {t}\n" in text]
 
 
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+
 __all__ = [
     "Nftlb",
-    "NftlbHandle",
     "NftlbAPI",
     "NftlbError",
     "Links",
+    "Glue",
     "farm_json",
     "backend_json",
-    "unsupported_reason",
-    "start",
     "command",
+    "main",
     "leftovers",
     "MISSING",
+    "MANIFEST",
 ]

@@ -1,31 +1,39 @@
-"""The nftlb adapter: farm mapping and unsupported reasons (pure), and one real persistent
-DNAT farm in namespaces (skipped with a reason when the nftlb binary is not installed)."""
+"""nftlb through the black-box contract: farm mapping (pure), the glue's requests against a
+recording API, the manifest's unsupported declarations, and real farms in namespaces (skipped
+with a reason when the nftlb binary is not installed)."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import shutil
+import sys
 from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from harness import addresses, runs
 from harness.implementations import nftlb
+from harness.implementations.exec import ExecHandle
 from harness.implementations.nftlb import (
     MISSING,
+    Glue,
     Links,
     Nftlb,
     NftlbError,
     backend_json,
     farm_json,
-    farm_modes,
-    unsupported_reason,
 )
 from harness.implementations.registry import DEFAULT_ORDER, resolve
 from harness.topology import Net
 from harness.traffic.engine import run as send
+from impl.ipvsadm import load_rules, render_rules
 from impl.scenario import (
     AddDest,
     EditDest,
@@ -159,13 +167,73 @@ def test_dr_dest_outside_the_topology_is_refused() -> None:
         backend_json(Dest(ipaddress.ip_address("198.18.12.1")), LINKS)
 
 
-def test_farm_mode_of_a_destless_service_comes_from_its_added_dests() -> None:
-    sc = _scenario(
-        ServiceConfig(Service(V4_KEY, "rr", timeout=5)),
-        steps=(AddDest(V4_KEY, _dests(fwd=Fwd.DR)[0]),),
-    )
-    assert farm_modes(sc) == {V4_KEY: Fwd.DR}
-    assert farm_modes(_scenario(ServiceConfig(Service(V4_KEY)))) == {V4_KEY: Fwd.NAT}
+class RecordingAPI:
+    """Stands in for the daemon: records every request the glue makes."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, object]] = []
+
+    def call(self, method: str, path: str, body: object | None = None) -> object:
+        self.calls.append((method, path, body))
+        return {}
+
+
+@pytest.fixture
+def glue_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., list[object]]:
+    """Apply states in order with a fresh Glue each time (one process per apply, as the
+    contract runs it); returns each apply's requests. VIP moves are recorded, not done."""
+    moved: list[set[object]] = []
+
+    @contextlib.contextmanager
+    def fake_routed_out(client_if: str, vips: set[object]) -> Iterator[None]:
+        moved.append(vips)
+        yield
+
+    monkeypatch.setattr(nftlb, "vips_routed_out", fake_routed_out)
+
+    def apply(*states: tuple[ServiceConfig, ...]) -> list[object]:
+        out: list[object] = []
+        for state in states:
+            api = RecordingAPI()
+            # as the contract hands it over: ipvsadm-save text (DR dest ports become vport)
+            Glue(api, LINKS, tmp_path).apply(load_rules(render_rules(state)))  # type: ignore[arg-type]
+            out.append(api.calls)
+        out.append(moved)
+        return out
+
+    return apply
+
+
+def test_glue_posts_new_farms_at_once_then_only_what_changed(
+    glue_calls: Callable[..., list[object]],
+) -> None:
+    dests = _dests()
+    first = (ServiceConfig(Service(V4_KEY, "rr", timeout=60), dests),)
+    second = (ServiceConfig(Service(V4_KEY, "rr", timeout=60), (dests[0], dests[2])),)
+    third = (ServiceConfig(first[0].service, (dests[0], dests[2], replace(dests[1], weight=0))),)
+    install, delete, add, moved = glue_calls(first, second, third)
+    assert [(m, p) for m, p, _ in install] == [("POST", "/farms")]  # type: ignore[attr-defined]
+    assert install[0][2]["farms"][0]["name"] == "lvs0"  # type: ignore[index]
+    gone = nftlb.backend_name(dests[1].addr, 80)
+    assert delete == [("DELETE", f"/farms/lvs0/backends/{gone}", None)]
+    ((method, path, body),) = add  # type: ignore[misc]
+    assert (method, path) == ("POST", "/farms")
+    assert body["farms"][0]["backends"][0]["state"] == "down"
+    assert moved == [{V4_KEY.vaddr}] * 3  # every change of a dsr farm moves its VIP
+
+
+def test_glue_recreates_a_destless_farm_in_the_mode_of_its_first_dest(
+    glue_calls: Callable[..., list[object]],
+) -> None:
+    empty = (ServiceConfig(Service(V4_KEY, "rr", timeout=5)),)
+    filled = (ServiceConfig(Service(V4_KEY, "rr", timeout=5), _dests()[:1]),)
+    install, refill, _ = glue_calls(empty, filled)
+    assert install[0][2]["farms"][0]["mode"] == "dnat"  # type: ignore[index]
+    assert [(m, p) for m, p, _ in refill] == [  # type: ignore[attr-defined]
+        ("DELETE", "/farms/lvs0"),
+        ("POST", "/farms"),
+    ]
+    assert refill[1][2]["farms"][0]["mode"] == "dsr"  # type: ignore[index]
 
 
 # ---------------------------------------------------------------- unsupported
@@ -182,55 +250,58 @@ FWM = ServiceKey(IPV4, Proto.TCP, None, 0, fwmark=3)
 @pytest.mark.parametrize(
     ("scenario", "needle"),
     [
-        (_scenario(ServiceConfig(Service(FWM, timeout=5), _dests())), "fwmark service"),
+        (_scenario(ServiceConfig(Service(FWM, timeout=5), _dests())), "fwmark: fwmark service"),
         (
             _scenario(
                 _svc(), fwmark_rules=(FwmarkRule(1, IPV4, ipaddress.ip_network("198.19.0.1/32")),)
             ),
-            "fwmark rules",
+            "fwmark: 1 fwmark rule(s)",
         ),
         (
             _scenario(_svc(key=ServiceKey(IPV4, Proto.TCP, addresses.vip(IPV4, 0), 0), timeout=5)),
-            "port-zero",
+            "port-zero: ",
         ),
         (
             _scenario(_svc(key=ServiceKey(IPV4, Proto.TCP, addresses.vip(IPV4, 0), 21), timeout=5)),
-            "FTP",
+            "ftp: FTP service",
         ),
-        (_scenario(_svc(timeout=5, netmask=0xFFFFFF00)), "netmask"),
-        (_scenario(_svc(ops=True)), "one-packet"),
-        (_scenario(_svc(pe="sip", timeout=5)), "persistence engine sip"),
-        (_scenario(_svc(scheduler="lc")), "scheduler lc"),
-        (_scenario(_svc(), sysctls=Sysctls(sloppy_tcp=1)), "sysctls"),
-        (_scenario(_svc(), timeouts=ProtoTimeouts(tcpfin=1)), "protocol timeouts"),
-        (_scenario(_svc(), steps=(EditService(Service(V4_KEY, "wrr")),)), "EditService"),
-        (_scenario(_svc(), steps=(SetSysctl("expire_nodest_conn", 1),)), "sysctl expire_nodest"),
+        (_scenario(_svc(timeout=5, netmask=0xFFFFFF00)), "netmask: "),
+        (_scenario(_svc(ops=True)), "ops: "),
+        (_scenario(_svc(pe="sip", timeout=5)), "pe: "),
+        (_scenario(_svc(scheduler="lc")), "sched:lc: "),
+        (_scenario(_svc(), sysctls=Sysctls(sloppy_tcp=1)), "sysctls: "),
+        (_scenario(_svc(), timeouts=ProtoTimeouts(tcpfin=1)), "timeouts: "),
+        (_scenario(_svc(), steps=(EditService(Service(V4_KEY, "wrr")),)), "edit-service: "),
+        (
+            _scenario(_svc(), steps=(SetSysctl("expire_nodest_conn", 1),)),
+            "sysctls: sysctl expire_nodest_conn",
+        ),
         (
             _scenario(
                 ServiceConfig(Service(V4_KEY), (Dest(addresses.rip(IPV4, 0), u_threshold=2),))
             ),
-            "thresholds",
+            "thresholds: ",
         ),
-        (_scenario(ServiceConfig(Service(V4_KEY), _dests(fwd=Fwd.TUN))), "forwarding tun"),
+        (_scenario(ServiceConfig(Service(V4_KEY), _dests(fwd=Fwd.TUN))), "tun: "),
         (
             _scenario(
                 ServiceConfig(Service(V4_KEY), _dests(fwd=Fwd.NAT)),
                 steps=(AddDest(V4_KEY, Dest(addresses.rip(IPV4, 2), 1, fwd=Fwd.DR)),),
             ),
-            "mixes forwarding methods",
+            "mixed-forwarding: ",
         ),
         (
             _scenario(
                 ServiceConfig(Service(V4_KEY), _dests(fwd=Fwd.NAT)),
                 steps=(EditDest(V4_KEY, Dest(addresses.rip(IPV4, 0), weight=0, fwd=Fwd.NAT)),),
             ),
-            "weight 0 on a NAT dest",
+            "weight-zero-nat: ",
         ),
     ],
 )
 def test_unsupported_names_the_feature_in_one_line(scenario: Scenario, needle: str) -> None:
     reason = Nftlb().unsupported(scenario)
-    assert reason is not None and needle in reason and "\n" not in reason
+    assert reason is not None and reason.startswith(needle) and "\n" not in reason
 
 
 def test_what_nftlb_expresses_is_supported() -> None:
@@ -242,18 +313,28 @@ def test_what_nftlb_expresses_is_supported() -> None:
             Send((Flow(Proto.TCP, addresses.cip(IPV4), 40000, addresses.vip(IPV4), 80),)),
         ),
     )
-    assert unsupported_reason(sc) is None
+    assert Nftlb().unsupported(sc) is None
 
 
 # ---------------------------------------------------------------- start-up and registry
 
 
-def test_missing_binary_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_binary_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.setattr(os, "access", lambda path, mode: False)
-    with pytest.raises(NftlbError) as err, nftlb.start("lvsconf-never-made"):
-        pass
-    assert str(err.value) == MISSING == "nftlb not found: apt-get install nftlb"
+    assert nftlb.main(["serve"], {"LVSCONF_SCRATCH": str(tmp_path)}) == 1
+    assert capsys.readouterr().err == f"nftlb glue serve: {MISSING}\n"
+    assert MISSING == "nftlb not found: apt-get install nftlb"
+
+
+def test_the_builtin_is_the_manifest_through_the_contract() -> None:
+    impl = Nftlb()
+    assert (impl.name, impl.exact) == ("nftlb", False)
+    m = impl.manifest
+    assert m.start is not None and m.start[1:] == ("-m", "harness.implementations.nftlb", "serve")
+    assert m.templates is None and m.stop is not None
 
 
 def test_command_line_binds_the_api_to_loopback_with_the_key() -> None:
@@ -298,10 +379,10 @@ def test_persistent_dnat_farm_keeps_each_client_on_one_real_server(net: Net) -> 
         for n, c in enumerate(clients)
     ]
     with Nftlb().install(net, scenario) as handle:
-        pid = handle.pid
+        pid = handle.process.pid  # type: ignore[union-attr]
         assert nftlb.leftovers(net.director.netns) == ["ip nftlb"]  # in the director's ruleset
         results = send(net, flows)
-        sessions = handle.sessions(key)["sessions"]
+        sessions = _sessions(handle)["sessions"]
     servers: dict[object, set[int | None]] = defaultdict(set)
     for r in results:
         assert r.outcome.kind == "forward", f"{r} was not balanced"
@@ -315,6 +396,12 @@ def test_persistent_dnat_farm_keeps_each_client_on_one_real_server(net: Net) -> 
     assert nftlb.leftovers(net.director.netns) == []
     record = json.loads(net.run.record.read_text())
     assert pid not in [c["pid"] for c in record["children"]]
+
+
+def _sessions(handle: ExecHandle, farm: str = "lvs0") -> Any:
+    """nftlb's own session list of a farm (the glue's ``sessions`` command, in the namespace)."""
+    argv = (sys.executable, "-m", "harness.implementations.nftlb", "sessions", farm)
+    return json.loads(handle.run(argv, "sessions", 10))
 
 
 def _lo_addresses(net: Net) -> list[str]:
@@ -350,7 +437,7 @@ def test_dsr_farm_follows_dest_edits_and_leaves_the_vips_on_lo(net: Net) -> None
         assert str(first[0].outcome.addr) == str(vaddr)  # DSR: the packet still says VIP
         handle.del_dest(key, dests[rs].addr, dests[rs].port)
         assert _lo_addresses(net) == before
-        assert handle.sessions(key)["sessions"] == []
+        assert _sessions(handle)["sessions"] == []
         after = send(net, [Flow(Proto.TCP, client, 42003, vaddr, 80)])[0]
         assert after.outcome.kind == "forward" and after.outcome.rs != rs
         # a port no farm serves reaches the director's own stack, as with IPVS
