@@ -62,6 +62,20 @@ def bounded(message: str, limit: int = 600) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+#: No rules, flows or scenario line is this long; refusing it first keeps parsing cheap.
+MAX_LINE = 4096
+
+
+def check_line_lengths(text: str, filename: str) -> None:
+    """Refuse a line longer than MAX_LINE (one clear line naming it)."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if len(line) > MAX_LINE:
+            raise PredictError(
+                f"{filename}:{lineno}: line of {len(line)} characters (keep lines under "
+                f"{MAX_LINE} characters)"
+            )
+
+
 def sip_invite(call_id: str) -> bytes:
     """A minimal SIP INVITE carrying ``call_id`` (what ``sip=ID`` on a flow line sends)."""
     lines = [
@@ -243,6 +257,7 @@ def parse_time(text: str, where: str) -> At:
 
 
 def parse_flows_file(text: str, filename: str) -> list[Event]:
+    check_line_lengths(text, filename)
     events: list[Event] = []
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()

@@ -55,6 +55,7 @@ from impl.kernel_level import DEFAULT, KernelLevel
 from impl.predict import (
     PredictError,
     Prediction,
+    check_line_lengths,
     clip,
     endpoint,
     parse_flow,
@@ -321,7 +322,6 @@ class TimelineBuilder:
         where = f"{self.filename}:{op.line}"
         if self.started and isinstance(op, AddService | DelService | Clear):
             self._initial(where, {AddService: "-A", DelService: "-D", Clear: "-C"}[type(op)])
-        before = self._state()
         self.ops.append(op)
         after = self._state()  # ipvsadm-restore's checks, naming this line
         if not self.started:
@@ -333,9 +333,9 @@ class TimelineBuilder:
         elif isinstance(op, DelDestOp):
             self._step(DelDest(op.key, op.addr, op.port))
         elif isinstance(op, EditServiceOp):
-            merged = next(c.service for c in after if c.service.key == op.service.key)
-            if merged != next(c.service for c in before if c.service.key == op.service.key):
-                self._step(EditService(merged))
+            self._step(
+                EditService(next(c.service for c in after if c.service.key == op.service.key))
+            )
 
     def _state(self) -> tuple[ServiceConfig, ...]:
         seeded: list[Op] = []
@@ -362,8 +362,7 @@ class TimelineBuilder:
     def wait(self, seconds: float) -> None:
         self._start()
         self.now += seconds
-        if seconds > 0:
-            self._step(Advance(seconds))
+        self._step(Advance(seconds))
 
     def at(self, seconds: float, where: str) -> None:
         if seconds < self.now:
@@ -372,7 +371,9 @@ class TimelineBuilder:
                 f"time goes back from {self.now:g} to {seconds:g}",
                 "@ is absolute: give increasing values, or use wait SECONDS",
             )
-        self.wait(seconds - self.now)
+        self._start()
+        if seconds > self.now:
+            self.wait(seconds - self.now)
 
     def _step(self, step: Step) -> None:
         self.expected_flow = -1
@@ -411,13 +412,15 @@ class TimelineBuilder:
 def parse_timeline(text: str, filename: str = "<scenario>", name: str | None = None) -> Timeline:
     """Read a scenario file (see the module docstring)."""
     builder = TimelineBuilder(name or filename, filename)
+    try:
+        check_line_lengths(text, filename)
+    except PredictError as exc:
+        raise TimelineError(str(exc)) from None
     for lineno, raw in enumerate(text.splitlines(), 1):
         where = f"{filename}:{lineno}"
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
-        if len(line) > 4096:
-            raise _fail(where, "line longer than 4096 characters", "split or shorten it")
         try:
             _line(builder, line, where, lineno)
         except RulesError as exc:
@@ -527,6 +530,8 @@ def render_timeline(timeline: Timeline | Scenario) -> str:
     out += [f"sysctl {n}={v}" for n, v in s.sysctls.changed().items()]
     out += [_render_mark(r) for r in s.fwmark_rules]
     out += render_rules(s.services).splitlines()
+    if s.steps and not isinstance(s.steps[0], Send | Advance):
+        out.append("@ 0")  # the timeline starts here: what follows are steps, not the setup
     flow_index = 0
     for step in s.steps:
         if isinstance(step, Send):
@@ -541,7 +546,10 @@ def render_timeline(timeline: Timeline | Scenario) -> str:
             line = _dest_line(step.key, step)
             out.append(line if isinstance(step, AddDest) else "-e" + line[2:])
         elif isinstance(step, DelDest):
-            out.append(f"-d {service_option(step.key)} -r {endpoint(step.addr, step.port)}")
+            line = f"-d {service_option(step.key)} -r {endpoint(step.addr, step.port)}"
+            # ipvsadm forces a -g (default) dest's port to the service port: say -m to keep it
+            forced = not step.key.fwmark and step.port != step.key.vport
+            out.append(line + " -m" if forced else line)
         elif isinstance(step, EditService):
             first = render_rules([ServiceConfig(step.service)]).splitlines()[0]
             out.append("-E" + first[2:])

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from conformance.runner.plugin import records as case_records
 from harness.implementations.registry import ImplError, resolve
 from lvsconf.commands.run import conformance_dir
 
@@ -91,7 +92,6 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=".lvsconf-fuzz-", dir=repo))
     module = workdir / f"fuzz_{os.getpid()}.py"
     module.write_text(module_text(per_item, args.seed))
-    report = Path(args.report) if args.report else workdir / "report"
     argv = [
         str(module),
         "-q",
@@ -99,8 +99,6 @@ def run(args: argparse.Namespace) -> int:
         "no:cacheprovider",
         "--impl",
         args.impl,
-        "--lvs-report",
-        str(report),
         "-k",
         " or ".join(families),
         "--timeout",
@@ -108,17 +106,16 @@ def run(args: argparse.Namespace) -> int:
     ]
     if args.kernel:
         argv += ["--kernel", args.kernel]
+    if args.report:
+        argv += ["--lvs-report", args.report]
+    collector = _Collector()
     os.environ.setdefault("LVSCONF_GUEST_TIMEOUT", str(600 + 40 * per_item * len(families)))
     started = time.monotonic()
     try:
-        code = pytest.main(argv)
-        records = _records(report)
+        code = pytest.main(argv, plugins=[collector])
     finally:
-        for path in sorted(workdir.rglob("*"), reverse=True):
-            if not args.report or report not in (path, *path.parents):
-                path.unlink() if path.is_file() else path.rmdir()
-        if not args.report:
-            workdir.rmdir()
+        shutil.rmtree(workdir, ignore_errors=True)
+    records = [r for r in collector.records if r.get("rule") == "fuzz"]
     elapsed = time.monotonic() - started
     # imported after the run: importing Hypothesis before pytest starts defeats its plugin
     from conformance.runner.fuzz import BEGIN, END
@@ -145,13 +142,14 @@ def run(args: argparse.Namespace) -> int:
     return 2 if code == pytest.ExitCode.USAGE_ERROR else 3
 
 
-def _records(report: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads((report / "results.json").read_text())
-    except (OSError, ValueError):
-        return []
-    items = data.get("results", []) if isinstance(data, dict) else []
-    return [r for r in items if isinstance(r, dict) and r.get("rule") == "fuzz"]
+class _Collector:
+    """Keeps the session's case records (also those a VM lane sends back)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.records = case_records(session.config)
 
 
 def _save(directory: Path, impl: str, text: str) -> Path:

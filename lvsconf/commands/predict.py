@@ -29,6 +29,7 @@ from impl.predict import (
     PredictError,
     Prediction,
     bounded,
+    check_line_lengths,
     clip,
     parse_flow,
     parse_flows_file,
@@ -175,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.rules:
             raise PredictError("give --rules FILE (with --flow/--flows) or --scenario FILE")
         level = _level(args.kernel_release)
+        check_line_lengths(_read(args.rules, "rules file"), args.rules)  # cheap parsing after
         ops = read_rules(args.rules).ops  # ipvsadm text or keepalived.conf (lvsconf.realconf)
         replay(ops, args.rules)  # state errors (dest without service, ...) name the rules line
         events: list[Event] = []
