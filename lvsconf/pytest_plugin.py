@@ -14,6 +14,7 @@ import importlib
 
 import pytest
 
+from harness.lanes.provision import JoinKernels
 from harness.settings import SettingsError
 
 _PARTS = (
@@ -36,12 +37,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--kernel",
-        action="store",
+        action=JoinKernels,
         default=None,
         metavar="LANE",
-        help="kernel lane for kernel-IPVS tests: 'host' (the running kernel), 'auto' (the "
-        "distribution's current linux-image-amd64 in a VM), a Debian kernel version such as "
-        "6.1.0-56-amd64, or a path to a kernel image (default: host if it has IPVS, else auto)",
+        help="kernel lane(s) for kernel-IPVS tests, comma separated or repeated (one VM after "
+        "another, an item per lane): 'host' (the running kernel), 'auto' (this host's Debian "
+        "suite in a VM), a suite (bullseye, bookworm, trixie, sid, stable, ...), a release such "
+        "as 6.1.0-57-amd64, a linux-image-amd64 version, or a kernel image path (default: host "
+        "if it has IPVS, else auto)",
     )
     group.addoption(
         "--lvs-report",

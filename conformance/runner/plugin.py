@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import time
@@ -30,6 +31,7 @@ from conformance.runner.grading import CaseResult
 from conformance.runner.rules import RuleInfo, rule_of
 from harness.api import Implementation
 from harness.implementations.registry import ImplError, Selection, resolve
+from harness.lanes.pytest_lane import lane_ids
 from impl.kernel_level import DEFAULT, KernelLevel, parse_release
 from impl.types import Family
 
@@ -88,17 +90,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     params = []
     for impl in selection(metafunc.config).impls:
-        for family in info.families:
+        # several --kernel lanes: one item per lane (``kernel@sid-ipv4``), else ``kernel-ipv4``
+        lanes = lane_ids(metafunc.config) if _needs_kernel_ipvs(impl) else [None]
+        for lane, family in itertools.product(lanes, info.families):
             marks: list[pytest.MarkDecorator] = []
             if _needs_kernel_ipvs(impl):
-                marks.append(pytest.mark.kernel)
+                marks.append(pytest.mark.kernel(lane=lane) if lane else pytest.mark.kernel)
             if info.slow:
                 marks.append(pytest.mark.slow)
             reason = info.diverges.get(impl.name)
             if reason:
                 marks.append(pytest.mark.xfail(strict=True, reason=f"diverges: {reason}"))
+            name = f"{impl.name}@{lane}" if lane else impl.name
             params.append(
-                pytest.param((impl.name, family), id=f"{impl.name}-{family.label}", marks=marks)
+                pytest.param((impl.name, family), id=f"{name}-{family.label}", marks=marks)
             )
     metafunc.parametrize("case", params, indirect=True)
 
@@ -443,7 +448,7 @@ class ConformanceSession:
                 total = str(self.total) if self.total is not None else "?"
                 tr.write_line(
                     f"[{self.done:>{len(total)}}/{total}] {record['rule']} "
-                    f"[{record['implementation']}-{record['family']}] {record['verdict']} "
+                    f"[{_param_id(record)}] {record['verdict']} "
                     f"({record['duration']:.1f}s)"
                 )
 
@@ -457,7 +462,7 @@ class ConformanceSession:
         verdict = "skip" if report.skipped else ("fail" if report.when == "call" else "error")
         if hasattr(report, "wasxfail"):
             verdict = "diverges"
-        lane = self.config.getoption("kernel", default=None) or "auto"
+        lane = _lane_of(report) or self.config.getoption("kernel", default=None) or "auto"
         record = build_record(
             info, report.nodeid, impl_name, family, verdict, report, f"lane {lane}"
         )
@@ -541,6 +546,19 @@ class ConformanceSession:
             return f"lvsconf report: not written ({exc})"
         kept = f" (previous: {lvs_report.previous(out_dir)})" if replaced else ""
         return f"lvsconf report: {written.index_html}{kept}"
+
+
+def _param_id(record: dict[str, Any]) -> str:
+    """``kernel@sid-ipv4`` from the record's node id (``implementation-family`` without one)."""
+    head, sep, params = str(record.get("nodeid", "")).rpartition("[")
+    return params.rstrip("]") if sep else f"{record['implementation']}-{record['family']}"
+
+
+def _lane_of(report: pytest.TestReport) -> str | None:
+    """The lane label in a kernel item's node id (``[kernel@sid-ipv4]`` -> ``sid``)."""
+    _head, sep, params = report.nodeid.rpartition("[")
+    name = params.rstrip("]").rpartition("-")[0] if sep else ""  # the family label is last
+    return name.partition("@")[2] or None
 
 
 def records(config: pytest.Config) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ dependency, never pinned.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.lanes import debian
 from harness.lanes.errors import LaneError, Progress, Runner, run_command
@@ -372,6 +374,21 @@ LANE_HINT = (
     "expected host, auto, a Debian suite (bullseye, bookworm, trixie, sid, stable, …), a "
     "release such as 6.1.0-57-amd64, a linux-image-amd64 version, or a kernel image path"
 )
+
+
+class JoinKernels(argparse.Action):
+    """``--kernel a --kernel b,c`` -> ``"a,b,c"``: repeated options join into the one comma
+    separated string a single option gives, so every reader of the option sees a string."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        before = getattr(namespace, self.dest, None)
+        setattr(namespace, self.dest, f"{before},{values}" if before else str(values))
 
 
 def split_specs(option: str | None) -> list[str]:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,10 +31,10 @@ from typing import Any
 import pytest
 from _pytest.reports import TestReport
 
-from harness.lanes import provision, vm
+from harness import runs
+from harness.lanes import debian, provision, vm
 from harness.lanes.provision import Lane, LaneError
 
-SHARED_DIR = Path(os.environ.get("LVSCONF_STATE_DIR", "/run/lvsconf"))
 SLOWDOWN = "20"  # Python in a TCG guest is ~20x slower (docs/architecture.md §6.5)
 KERNEL_MARK = "kernel"
 
@@ -77,6 +78,15 @@ def replay_report(item: pytest.Item, rec: dict[str, Any]) -> TestReport:
     if isinstance(longrepr, list):
         longrepr = (str(longrepr[0]), int(longrepr[1]), str(longrepr[2]))
     extra = {"wasxfail": rec["wasxfail"]} if rec.get("wasxfail") is not None else {}
+    guest_id = rec.get("nodeid")
+    # the guest's report records name its own node id; several lanes share one, so each
+    # record is renamed to this item's (a record is any dict carrying the guest's node id)
+    properties = [
+        (key, {**value, "nodeid": item.nodeid})
+        if isinstance(value, dict) and value.get("nodeid") == guest_id
+        else (key, value)
+        for key, value in rec.get("user_properties", [])
+    ]
     now = time.time()
     return TestReport(
         nodeid=item.nodeid,
@@ -89,17 +99,23 @@ def replay_report(item: pytest.Item, rec: dict[str, Any]) -> TestReport:
         duration=float(rec.get("duration") or 0.0),
         start=now,
         stop=now,
-        user_properties=[tuple(p) for p in rec.get("user_properties", [])],
+        user_properties=properties,
         **extra,
     )
 
 
-def failed_records(message: str) -> list[dict[str, Any]]:
-    """Phase records of an item the guest never finished: one failed call with ``message``."""
+def failed_records(message: str, when: str = "call") -> list[dict[str, Any]]:
+    """Phase records of an item the guest never finished: one failed call with ``message``;
+    ``when="setup"``: an error (the lane never started), no call."""
+    phases = ("setup", "teardown") if when == "setup" else ("setup", "call", "teardown")
     return [
-        {"when": "setup", "outcome": "passed", "longrepr": None, "duration": 0.0},
-        {"when": "call", "outcome": "failed", "longrepr": message, "duration": 0.0},
-        {"when": "teardown", "outcome": "passed", "longrepr": None, "duration": 0.0},
+        {
+            "when": phase,
+            "outcome": "failed" if phase == when else "passed",
+            "longrepr": message if phase == when else None,
+            "duration": 0.0,
+        }
+        for phase in phases
     ]
 
 
@@ -143,11 +159,8 @@ def guest_pytest_args(config: pytest.Config, nodeids_file: Path, results: Path) 
     if inifile is not None:
         args += ["-c", str(inifile)]
     args += ["--rootdir", str(config.rootpath)]
+    # no -m/-k: the node ids are exact, and a lane's -k (``-k sid``) means nothing in the guest
     opt = config.option
-    if getattr(opt, "markexpr", ""):
-        args += ["-m", opt.markexpr]
-    if getattr(opt, "keyword", ""):
-        args += ["-k", opt.keyword]
     impl = config.getoption("--impl", default=None)
     if impl:
         args += ["--impl", impl]
@@ -185,29 +198,79 @@ class GuestEcho:
         return not self.hiding
 
 
-# ---------------------------------------------------------------- host side: state and hooks
+# ---------------------------------------------------------------- host side: lanes of a session
+
+
+def lane_ids(config: Any) -> list[str | None]:
+    """Node-id labels of this session's kernel lanes: ``[None]`` for one lane (ids stay
+    ``kernel-ipv4``), else one readable label per ``--kernel`` spec (``kernel@sid-ipv4``)."""
+    option = getattr(getattr(config, "option", None), "kernel", None)
+    specs = provision.split_specs(option)
+    if len(specs) < 2:
+        return [None]
+    labels: list[str | None] = []
+    for spec in specs:
+        label = lane_label(spec)
+        while label in labels:
+            label += "_"
+        labels.append(label)
+    return labels
+
+
+def lane_label(spec: str) -> str:
+    """``sid`` -> ``sid``; an image path -> its release (``vmlinuz-6.1.0-57-amd64`` ->
+    ``6.1.0-57-amd64``, ``…/modules/7.2.13+deb14-amd64/vmlinuz`` -> ``7.2.13+deb14-amd64``)."""
+    if "/" in spec:
+        path = Path(spec)
+        spec = path.parent.name if path.name == "vmlinuz" else path.name.removeprefix("vmlinuz-")
+    return re.sub(r"[^A-Za-z0-9.+~_-]", "_", spec) or "lane"
+
+
+def guest_nodeid(nodeid: str, label: str | None) -> str:
+    """The id the guest (one lane, ``--kernel host``) gives a host item of lane ``label``."""
+    if label is None:
+        return nodeid
+    head, sep, params = nodeid.rpartition("[")
+    return head + sep + params.replace(f"@{label}-", "-", 1) if sep else nodeid
+
+
+@dataclass
+class LaneRun:
+    """One kernel lane of the session: its spec, what it resolved to, its items and results."""
+
+    index: int
+    spec: str | None
+    label: str | None  # in node ids; None when the session has one lane
+    lane: Lane | None = None
+    error: str | None = None  # the lane cannot start: every item of it errors with this
+    nodeids: list[str] = field(default_factory=list)  # host node ids
+    results: dict[str, list[dict[str, Any]]] | None = None  # by guest node id
+    guest_error: str | None = None
+    measurements: dict[str, float] = field(default_factory=dict)
+    release: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.spec or (self.lane.label() if self.lane else "default")
 
 
 @dataclass
 class LaneState:
     config: pytest.Config
-    lane: Lane | None = None
-    lane_error: str | None = None
-    kernel_nodeids: list[str] = field(default_factory=list)
-    results: dict[str, list[dict[str, Any]]] | None = None
-    guest_error: str | None = None
-    measurements: dict[str, float] = field(default_factory=dict)
+    lanes: list[LaneRun] = field(default_factory=list)
+    by_nodeid: dict[str, LaneRun] = field(default_factory=dict)
 
-    def say(self, message: str) -> None:
+    def say(self, message: str, lane: LaneRun | None = None) -> None:
         """A progress line on the terminal, even while output is captured."""
+        tag = f"[kernel lane {lane.name}]" if lane is not None else "[kernel lane]"
         tr = self.config.pluginmanager.get_plugin("terminalreporter")
         capman = self.config.pluginmanager.get_plugin("capturemanager")
         ctx = capman.global_and_fixture_disabled() if capman else contextlib.nullcontext()
         with ctx:
             if tr is not None and not hasattr(self.config, "workerinput"):
-                tr.write_line(f"[kernel lane] {message}")
+                tr.write_line(f"{tag} {message}")
             else:
-                print(f"[kernel lane] {message}", file=sys.stderr, flush=True)
+                print(f"{tag} {message}", file=sys.stderr, flush=True)
 
 
 _STATE = pytest.StashKey[LaneState]()
@@ -237,50 +300,76 @@ def _state(config: pytest.Config) -> LaneState:
     return config.stash[_STATE]
 
 
+def _item_label(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker(KERNEL_MARK)
+    return marker.kwargs.get("lane") if marker is not None else None
+
+
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     state = _state(config)
-    state.kernel_nodeids = [i.nodeid for i in items if i.get_closest_marker(KERNEL_MARK)]
-    if not state.kernel_nodeids:
+    kernel_items = [i for i in items if i.get_closest_marker(KERNEL_MARK)]
+    if not kernel_items:
         return
-    try:
-        state.lane = provision.resolve_lane(config.getoption("--kernel", default=None))
-        if state.lane.is_vm and state.lane.version is not None:
-            provision.check_name(state.lane.version)  # unknown name: fail now, one line
-    except LaneError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    if not state.lane.is_vm and not provision.host_has_ipvs():
-        from harness.implementations.kernel import KernelLacksIPVS, ensure_ip_vs  # noqa: PLC0415
-
+    specs: list[str | None] = list(provision.split_specs(config.getoption("--kernel", None)))
+    specs = specs or [None]
+    labels = lane_ids(config)
+    for index, spec in enumerate(specs):
+        run = LaneRun(index, spec, labels[index] if len(specs) > 1 else None)
         try:
-            ensure_ip_vs()
-        except KernelLacksIPVS as exc:
-            state.lane_error = f"KernelLacksIPVS: {exc}"
+            run.lane = provision.resolve_lane(spec)
+            if run.lane.is_vm and run.lane.version is not None:
+                run.release = provision.check_name(run.lane.version)  # unknown name: now
+        except LaneError as exc:
+            # bad input for the only lane: one line, exit 2; with several lanes, only this
+            # lane's items error (the others still run) unless the spelling itself is wrong
+            if len(specs) == 1 or not debian.is_name(str(spec)) and "/" not in str(spec):
+                raise pytest.UsageError(str(exc)) from None
+            run.error = str(exc)
+        else:
+            if not run.lane.is_vm and not provision.host_has_ipvs():
+                from harness.implementations.kernel import KernelLacksIPVS, ensure_ip_vs  # noqa: PLC0415
+
+                try:
+                    ensure_ip_vs()
+                except KernelLacksIPVS as exc:
+                    run.error = f"KernelLacksIPVS: {exc}"
+        state.lanes.append(run)
+    by_label = {run.label: run for run in state.lanes}
+    for item in kernel_items:
+        run = by_label.get(_item_label(item), state.lanes[0])  # unlabelled: the first lane
+        run.nodeids.append(item.nodeid)
+        state.by_nodeid[item.nodeid] = run
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    lane = config.getoption("--kernel", default=None)
-    return f"lvsconf kernel lane: {lane or 'default (host if it has IPVS, else auto)'}"
+    lanes = provision.split_specs(config.getoption("--kernel", default=None))
+    shown = ", ".join(lanes) if lanes else "default (host if it has IPVS, else auto)"
+    return f"lvsconf kernel lane{'s' if len(lanes) > 1 else ''}: {shown}"
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    state = _state(item.config)
-    if state.lane_error and item.get_closest_marker(KERNEL_MARK):
-        pytest.fail(state.lane_error, pytrace=False)
+    run = _state(item.config).by_nodeid.get(item.nodeid)
+    if run is not None and run.error and run.lane is not None and not run.lane.is_vm:
+        pytest.fail(run.error, pytrace=False)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
     state = _state(item.config)
-    if state.lane is None or not state.lane.is_vm or not item.get_closest_marker(KERNEL_MARK):
-        return None
-    if state.results is None:
-        _obtain_results(state)
-    assert state.results is not None
-    records = state.results.get(item.nodeid)
-    if records is None or not finished(records):
-        why = state.guest_error or "the guest did not finish this case (see guest output above)"
-        records = failed_records(f"kernel lane ({state.lane.label()}): {why}")
+    run = state.by_nodeid.get(item.nodeid)
+    if run is None or (run.lane is not None and not run.lane.is_vm):
+        return None  # not a kernel item, or the host lane: runs here
+    if run.error is not None:
+        records = failed_records(f"kernel lane {run.name}: {run.error}", when="setup")
+    else:
+        if run.results is None:
+            _obtain_results(state, run)
+        assert run.results is not None
+        records = run.results.get(guest_nodeid(item.nodeid, run.label))
+        if records is None or not finished(records):
+            why = run.guest_error or "the guest did not finish this case (see guest output above)"
+            records = failed_records(f"kernel lane ({run.name}): {why}")
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     for rec in records:
         item.ihook.pytest_runtest_logreport(report=replay_report(item, rec))
@@ -292,31 +381,50 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return True
 
 
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """One line per VM lane: what it booted, how many cases, how long (the wall time)."""
+    state = _state(config)
+    for run in state.lanes:
+        if run.lane is None or not run.lane.is_vm:
+            if run.error:
+                terminalreporter.write_line(f"kernel lane {run.name}: not started: {run.error}")
+            continue
+        if run.error or run.guest_error:
+            why = (run.error or run.guest_error or "").splitlines()[0]
+            terminalreporter.write_line(f"kernel lane {run.name}: failed: {why}")
+        elif "guest_seconds" in run.measurements:
+            terminalreporter.write_line(
+                f"kernel lane {run.name}: {run.release}, {len(run.nodeids)} case(s), guest "
+                f"{run.measurements['guest_seconds']:.0f} s (boot to first case "
+                f"{run.measurements.get('first_case', 0.0):.0f} s)"
+            )
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if hasattr(config, "workerinput"):
         return
     # xdist controller: remove the shared guest directories of this run's workers
-    for d in SHARED_DIR.glob(f"guest-{os.getpid()}-*"):
+    for d in runs.STATE_DIR.glob(f"guest-{os.getpid()}-*"):
         shutil.rmtree(d, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- booting once per session
+# ---------------------------------------------------------------- booting once per lane
 
 
 @contextlib.contextmanager
-def _shared_dir(config: pytest.Config) -> Iterator[tuple[Path, bool]]:
-    """(directory for this session's guest, whether to remove it afterwards), under a lock.
+def _shared_dir(config: pytest.Config, run: LaneRun) -> Iterator[tuple[Path, bool]]:
+    """(directory for this lane's guest, whether to remove it afterwards), under a lock.
 
-    Under xdist, every worker maps to ``/run/lvsconf/guest-<controller pid>-<testrunuid>``
-    and holds its flock while booting or reading, so exactly one guest runs per session.
+    Under xdist, every worker maps a lane to ``<state dir>/guest-<controller pid>-<testrunuid>-
+    <lane>`` and holds its flock while booting or reading, so exactly one guest runs per lane.
     """
     workerinput = getattr(config, "workerinput", None)
     if workerinput is None:
-        d = Path(tempfile.mkdtemp(prefix="lvsconf-guest-"))
+        d = vm.scratch_dir("lvsconf-guest-")
         yield d, True
         return
-    d = SHARED_DIR / f"guest-{os.getppid()}-{workerinput['testrunuid']}"
+    d = runs.STATE_DIR / f"guest-{os.getppid()}-{workerinput['testrunuid']}-{run.index}"
     d.mkdir(parents=True, exist_ok=True)
     fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -326,33 +434,40 @@ def _shared_dir(config: pytest.Config) -> Iterator[tuple[Path, bool]]:
         os.close(fd)
 
 
-def _obtain_results(state: LaneState) -> None:
-    with _shared_dir(state.config) as (d, temporary):
+def _obtain_results(state: LaneState, run: LaneRun) -> None:
+    with _shared_dir(state.config, run) as (d, temporary):
         done = d / "done.json"
         try:
             if not done.exists():
-                _run_guest(state, d)
+                _run_guest(state, run, d)
             summary = json.loads(done.read_text()) if done.exists() else {}
-            state.guest_error = summary.get("error")
+            run.guest_error = summary.get("error")
+            run.release = summary.get("release", run.release)
+            run.measurements.update(summary.get("measurements", {}))
             results = d / "results.jsonl"
             lines = results.read_text().splitlines() if results.exists() else []
-            state.results = group_records(lines)
+            run.results = group_records(lines)
         finally:
             if temporary:
                 shutil.rmtree(d, ignore_errors=True)
 
 
-def _run_guest(state: LaneState, d: Path) -> None:
-    config, lane = state.config, state.lane
+def _run_guest(state: LaneState, lane_run: LaneRun, d: Path) -> None:
+    config, lane = state.config, lane_run.lane
     assert lane is not None
     results = d / "results.jsonl"
-    total = len(state.kernel_nodeids)
-    (d / "nodeids.txt").write_text("\n".join(state.kernel_nodeids) + "\n")
+    total = len(lane_run.nodeids)
+    guest_ids = [guest_nodeid(n, lane_run.label) for n in lane_run.nodeids]
+    (d / "nodeids.txt").write_text("\n".join(guest_ids) + "\n")
     error: str | None = None
     t0 = time.monotonic()
     tail: collections.deque[str] = collections.deque(maxlen=30)
     seen = {"first_output": 0.0, "first_case": 0.0, "done": 0}
     echo = GuestEcho()
+    release = lane_run.release
+
+    def say(message: str) -> None:
+        state.say(message, lane_run)
 
     def on_line(line: str) -> None:
         now = time.monotonic() - t0
@@ -360,7 +475,7 @@ def _run_guest(state: LaneState, d: Path) -> None:
             seen["first_output"] = now
         tail.append(line)
         if echo.show(line):
-            state.say(f"guest| {line}")
+            say(f"guest| {line}")
         if results.exists():
             n = sum(
                 1 for r in group_records(results.read_text().splitlines()).values() if finished(r)
@@ -369,36 +484,37 @@ def _run_guest(state: LaneState, d: Path) -> None:
                 seen["first_case"] = now
             if n != seen["done"]:
                 seen["done"] = n
-                state.say(f"{n}/{total} cases")
+                say(f"{n}/{total} cases")
 
     try:
-        tree = lane.provide(state.say)
-        with vm.vm_lock(state.say):
-            accel = vm.choose_accel(tree.image, state.say)
-            state.say(f"booting {tree.release} ({accel}) for {total} kernel case(s) …")
-            run = vm.GuestRun(
-                image=tree.image,
-                command=guest_command(
-                    sys.executable, guest_pytest_args(config, d / "nodeids.txt", results)
-                ),
-                cwd=config.rootpath,
-                rwdir=d,
-                accel=accel,
-                memory=os.environ.get("LVSCONF_GUEST_MEM", "1G"),
-                env={
-                    "PYTHONDONTWRITEBYTECODE": "1",
-                    "LVSCONF_SLOWDOWN": SLOWDOWN,
-                    "LVSCONF_IN_GUEST": "1",
-                },
-                timeout=float(os.environ.get("LVSCONF_GUEST_TIMEOUT", 300 + 60 * total)),
-            )
-            res = vm.run_guest(run, on_line)
-        state.measurements.update(
+        tree = lane.provide(say)
+        release = tree.release
+        run = vm.GuestRun(
+            image=tree.image,
+            command=guest_command(
+                sys.executable, guest_pytest_args(config, d / "nodeids.txt", results)
+            ),
+            cwd=config.rootpath,
+            rwdir=d,
+            memory=os.environ.get("LVSCONF_GUEST_MEM", "1G"),
+            env={
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "LVSCONF_SLOWDOWN": SLOWDOWN,
+                "LVSCONF_IN_GUEST": "1",
+            },
+            timeout=float(os.environ.get("LVSCONF_GUEST_TIMEOUT", 300 + 60 * total)),
+        )
+        vm.check_shell_safe(run, vm.shim_dir())  # before waiting for the lock
+        with vm.vm_lock(say):
+            accel = vm.choose_accel(tree.image, say)
+            say(f"booting {tree.release} ({accel}) for {total} kernel case(s) …")
+            res = vm.run_guest(dataclasses.replace(run, accel=accel), on_line)
+        lane_run.measurements.update(
             guest_seconds=res.seconds,
             first_output=seen["first_output"],
             first_case=seen["first_case"],
         )
-        state.say(
+        say(
             f"guest exited with status {res.rc} after {res.seconds:.1f} s "
             f"(first output {seen['first_output']:.1f} s, first case "
             f"{seen['first_case']:.1f} s)"
@@ -419,4 +535,5 @@ def _run_guest(state: LaneState, d: Path) -> None:
         error = f"{exc}; console tail:\n{exc.console_tail}"
     except LaneError as exc:
         error = str(exc)
-    (d / "done.json").write_text(json.dumps({"error": error}))
+    summary = {"error": error, "release": release, "measurements": lane_run.measurements}
+    (d / "done.json").write_text(json.dumps(summary))

@@ -10,7 +10,12 @@ Facts this module relies on (measured; docs/architecture.md §6):
 - Host environment variables do not reach the guest; they go inside the ``--exec`` string.
 - ``/dev/kvm`` may exist while a KVM guest hangs: the accelerator is chosen by a short trial
   boot, cached per host kernel, overridable with ``LVSCONF_ACCEL=kvm|tcg``.
-- Two guests on a 2-core machine slow each other 3-4x: one guest per machine, under a flock.
+- Two guests on a 2-core machine slow each other 3-4x: one guest per machine, under a flock
+  (``<state dir>/vm.lock``, the state directory of :mod:`harness.runs`).
+- vng (1.42, ``virtme_ng/run.py`` ``KernelSource.run``) joins ``--run``, ``--rwdir`` and ``-m``
+  into one command line unquoted and runs it with ``shell=True``: a path with a space or
+  ``$(…)`` would be split or run as root. Every value that reaches that line is checked
+  (:func:`check_shell_safe`); scratch directories are made where the path is safe.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import fcntl
 import json
 import os
 import platform
+import re
 import selectors
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,14 +41,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from harness import runs
 from harness.lanes.provision import LaneError, cache_root
 
 Accel = Literal["kvm", "tcg"]
 LineSink = Callable[[str], None]
 
-LOCK_PATH = Path("/run/lvsconf/vm.lock")
 GUEST_PATH_TAIL = "/usr/sbin:/usr/bin:/sbin:/bin"
 KVM_TRIAL_SECONDS = 25.0
+#: what vng's shell line may carry unquoted: no space, quote, $, `, ;, &, |, <, >, (, ), *, ?,
+#: and none of "=", "," and ":" either (vng's --rwdir GUEST=HOST, QEMU's option separator, PATH)
+SHELL_SAFE_PATH = re.compile(r"/[A-Za-z0-9_./+@~-]*")
+MEMORY = re.compile(r"[1-9][0-9]*[KMGT]?")
 
 _UDEVD_SHIM = """#!/bin/busybox sh
 # lvsconf: udevd stand-in for virtme-ng-init (the host has no udev): create the
@@ -107,6 +118,7 @@ class GuestRun:
     accel: Accel = "tcg"
     timeout: float = 1800.0
     verbose_console: bool = True  # kernel log on vng's stderr, kept as the console tail
+    dry_run: bool = False  # vng prints the QEMU command line instead of booting
 
 
 def guest_script(run: GuestRun) -> str:
@@ -135,8 +147,40 @@ def vng_argv(run: GuestRun, vng: Path, shim: Path) -> list[str]:
         argv.append("--disable-kvm")
     if run.verbose_console:
         argv.append("--verbose")
+    if run.dry_run:
+        argv.append("--dry-run")
     argv += ["--exec", guest_script(run)]
     return argv
+
+
+def check_shell_safe(run: GuestRun, shim: Path) -> None:
+    """Refuse, with one line, a value vng would put on its shell line unquoted (or split)."""
+    if not MEMORY.fullmatch(run.memory):
+        raise LaneError(
+            f"guest memory {run.memory!r}: expected a size such as 1G, 1536M "
+            "(LVSCONF_GUEST_MEM, --memory)"
+        )
+    for what, path, fix in (
+        ("kernel image", run.image, "LVSCONF_CACHE or the image path"),
+        ("guest directory", run.rwdir, "LVSCONF_STATE_DIR or TMPDIR"),
+        ("guest shim directory", shim, "LVSCONF_CACHE"),
+    ):
+        if not SHELL_SAFE_PATH.fullmatch(str(path)):
+            raise LaneError(
+                f"{what} path {str(path)!r} has characters virtme-ng would hand to a shell "
+                f"unquoted; choose {fix} made of letters, digits and ._+@~-/ only"
+            )
+
+
+def safe_temp_base() -> Path:
+    """``$TMPDIR`` (as tempfile sees it) when vng may carry it unquoted, else ``/tmp``."""
+    base = tempfile.gettempdir()
+    return Path(base) if SHELL_SAFE_PATH.fullmatch(base) else Path("/tmp")
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh private directory (0700) for a guest's writable files, at a shell-safe path."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=safe_temp_base()))
 
 
 def host_env(vng: Path) -> dict[str, str]:
@@ -148,9 +192,16 @@ def host_env(vng: Path) -> dict[str, str]:
 # ---------------------------------------------------------------- the global VM lock
 
 
+def lock_path() -> Path:
+    """``vm.lock`` in the state directory of :mod:`harness.runs` (``LVSCONF_STATE_DIR``), next
+    to the owner records, so one setting moves both."""
+    return runs.STATE_DIR / "vm.lock"
+
+
 @contextlib.contextmanager
-def vm_lock(progress: LineSink = lambda _m: None, path: Path = LOCK_PATH) -> Iterator[None]:
+def vm_lock(progress: LineSink = lambda _m: None, path: Path | None = None) -> Iterator[None]:
     """Hold the machine-wide guest lock; say so when waiting for another run's guest."""
+    path = path or lock_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -214,10 +265,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _record_owner(pid: int) -> Callable[[], None]:
     """Record the VM's process group in this run's owner record (harness.runs), so a later
     sweep kills a VM whose run died; returns the undo."""
-    try:
-        from harness import runs  # noqa: PLC0415 - another module's part; optional
-    except ImportError:
-        return lambda: None
     run = runs.default_run()
     run.register_process(pid)
     return lambda: run.unregister_process(pid)
@@ -230,7 +277,9 @@ def run_guest(run: GuestRun, on_line: LineSink, console_lines: int = 80) -> Gues
     rc 255 (panic or lost guest) is returned and judged by the caller, with the console tail.
     """
     vng = vng_bin()
-    argv = vng_argv(run, vng, shim_dir())
+    shim = shim_dir()
+    check_shell_safe(run, shim)
+    argv = vng_argv(run, vng, shim)
     run.rwdir.mkdir(parents=True, exist_ok=True)
     console: collections.deque[str] = collections.deque(maxlen=console_lines)
     start = time.monotonic()
@@ -331,15 +380,14 @@ def choose_accel(image: Path, progress: LineSink = lambda _m: None) -> Accel:
 
 
 def _kvm_boots(image: Path) -> bool:
-    import tempfile  # noqa: PLC0415
-
-    with tempfile.TemporaryDirectory(prefix="lvsconf-kvm-") as tmp:
-        marker = Path(tmp) / "ok"
+    tmp = scratch_dir("lvsconf-kvm-")
+    try:
+        marker = tmp / "ok"
         trial = GuestRun(
             image=image,
             command=f"echo ok > {shlex.quote(str(marker))}",
             cwd=Path("/"),
-            rwdir=Path(tmp),
+            rwdir=tmp,
             accel="kvm",
             timeout=KVM_TRIAL_SECONDS,
             verbose_console=False,
@@ -349,3 +397,5 @@ def _kvm_boots(image: Path) -> bool:
         except GuestError:
             return False
         return res.rc == 0 and marker.exists()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

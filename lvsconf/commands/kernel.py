@@ -14,10 +14,11 @@ Bad input or a missing prerequisite prints one line and exits 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
+import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -102,18 +103,29 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _boot(spec: str, command: str, memory: str, timeout: float) -> int:
     tree = _tree(spec)
-    with tempfile.TemporaryDirectory(prefix="lvsconf-boot-") as rw, vm.vm_lock(_say):
+    rw = vm.scratch_dir("lvsconf-boot-")
+    try:
+        return _boot_tree(tree, command, memory, timeout, rw)
+    finally:
+        shutil.rmtree(rw, ignore_errors=True)
+
+
+def _boot_tree(
+    tree: provision.KernelTree, command: str, memory: str, timeout: float, rw: Path
+) -> int:
+    run = vm.GuestRun(
+        image=tree.image,
+        command=command,
+        cwd=Path.cwd(),
+        rwdir=rw,
+        memory=memory,
+        timeout=timeout,
+    )
+    vm.check_shell_safe(run, vm.shim_dir())  # bad paths: one line before any waiting
+    with vm.vm_lock(_say):
         accel = vm.choose_accel(tree.image, _say)
         _say(f"booting {tree.release} ({accel}) …")
-        run = vm.GuestRun(
-            image=tree.image,
-            command=command,
-            cwd=Path.cwd(),
-            rwdir=Path(rw),
-            accel=accel,
-            memory=memory,
-            timeout=timeout,
-        )
+        run = dataclasses.replace(run, accel=accel)
         start = time.monotonic()
         res = vm.run_guest(run, lambda line: print(line, flush=True))
         _say(f"guest exit status {res.rc} after {time.monotonic() - start:.1f} s")

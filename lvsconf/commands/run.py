@@ -21,6 +21,7 @@ import pytest
 
 from conformance.runner.plugin import PROGRESS_ENV, REQUIRE_CASES_ENV
 from harness.implementations.registry import ImplError, resolve
+from harness.lanes.provision import JoinKernels
 
 DEFAULT_REPORT = "lvs-report"
 #: per-case pytest-timeout: a wedged case fails alone (slow rules wait ~60-120 s on purpose)
@@ -41,8 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     parser.add_argument(
         "--kernel",
-        metavar="LANE",
-        help="kernel lane: host, auto, a Debian kernel version or an image path "
+        metavar="LANES",
+        action=JoinKernels,
+        help="kernel lane(s), comma separated or repeated: host, auto, a Debian suite "
+        "(bullseye, bookworm, trixie, sid, stable, ...), a release, a linux-image-amd64 version "
+        "or an image path; several lanes boot one VM after another, a column each "
         "(default: host if it has IPVS, else auto in a VM)",
     )
     parser.add_argument(

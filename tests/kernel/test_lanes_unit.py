@@ -133,7 +133,7 @@ def test_guest_pytest_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     args = pytest_lane.guest_pytest_args(config, tmp_path / "ids", tmp_path / "r.jsonl")  # type: ignore[arg-type]
     assert args[args.index("--kernel") + 1] == "host"
     assert args[args.index("--lvs-guest-results") + 1] == str(tmp_path / "r.jsonl")
-    assert args[args.index("-m") + 1] == "kernel" and args[args.index("-k") + 1] == "fwmark"
+    assert "-m" not in args and "-k" not in args  # the node ids are exact (lane ids differ)
     assert args[args.index("--impl") + 1] == "kernel"
     assert args[args.index("--timeout") + 1] == "600.0"
     assert "no:cacheprovider" in args and args[-1] == f"@{tmp_path / 'ids'}"
@@ -381,12 +381,16 @@ class FakeVMLane:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session):
     state = pytest_lane._state(session.config)
-    state.lane = FakeVMLane()
-    state.results = {}  # the guest "lost" every case: each is replayed as a failure
+    for run in state.lanes:
+        run.lane = FakeVMLane()
+        run.error = None
+        run.results = {}  # the guest "lost" every case: each is replayed as a failure
 """
 
 
-def test_replayed_items_leave_the_setup_stack_as_pytest_would(pytester: pytest.Pytester) -> None:
+def test_replayed_items_leave_the_setup_stack_as_pytest_would(
+    pytester: pytest.Pytester, fake_apt: Path
+) -> None:
     """A local item sharing a module with a replayed kernel item, then a local item elsewhere:
     the module set up for the first must be torn down after the replay (regression: the third
     item errored with 'previous item was not torn down properly')."""

@@ -1,0 +1,176 @@
+"""Several kernels in one run (``--kernel a,b`` or repeated): an item per lane, one guest per
+lane (faked here: no VM), a lane that cannot start errors only its own items."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conformance.runner import plugin
+from conformance.runner.rules import rule
+from harness.implementations.registry import Selection
+from harness.lanes import provision, pytest_lane
+from impl.types import IPV4, IPV6
+
+pytest_plugins = ["pytester"]
+
+
+def test_repeated_and_comma_separated_kernel_options_join() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kernel", action=provision.JoinKernels)
+    args = parser.parse_args(["--kernel", "bullseye", "--kernel", "sid,trixie"])
+    assert args.kernel == "bullseye,sid,trixie"
+    assert provision.split_specs(args.kernel) == ["bullseye", "sid", "trixie"]
+    assert provision.split_specs("sid, sid,,bookworm") == ["sid", "bookworm"]
+    assert provision.split_specs(None) == []
+
+
+def test_lane_labels_and_guest_node_ids() -> None:
+    config = SimpleNamespace(option=SimpleNamespace(kernel="sid"))
+    assert pytest_lane.lane_ids(config) == [None]  # one lane: ids stay kernel-ipv4
+    config.option.kernel = (
+        "sid,/c/usr/lib/modules/7.2.13+deb14-amd64/vmlinuz,/b/vmlinuz-6.1.0-57-amd64"
+    )
+    assert pytest_lane.lane_ids(config) == ["sid", "7.2.13+deb14-amd64", "6.1.0-57-amd64"]
+    config.option.kernel = "/a/vmlinuz-x,/b/vmlinuz-x"
+    assert pytest_lane.lane_ids(config) == ["x", "x_"]
+    host_id = "conformance/test_a.py::test_fw[kernel@6.1.0-57-amd64-ipv4]"
+    assert pytest_lane.guest_nodeid(host_id, "6.1.0-57-amd64") == (
+        "conformance/test_a.py::test_fw[kernel-ipv4]"
+    )
+    assert pytest_lane.guest_nodeid("t.py::x[kernel-ipv4]", None) == "t.py::x[kernel-ipv4]"
+
+
+def test_conformance_items_one_per_lane_with_the_lane_on_the_marker() -> None:
+    @rule("unit-lanes", source="x", families=(IPV4, IPV6))
+    def test_x(case: object) -> None: ...
+
+    kernelish = SimpleNamespace(name="kernel", needs_kernel_ipvs=True)
+    other = SimpleNamespace(name="reference", needs_kernel_ipvs=False)
+    config = SimpleNamespace(stash=pytest.Stash(), option=SimpleNamespace(kernel="bullseye,sid"))
+    config.stash[plugin._selection_key] = Selection((kernelish, other))  # type: ignore[arg-type]
+    calls: list[list[object]] = []
+    meta = SimpleNamespace(
+        function=test_x,
+        fixturenames=["case"],
+        config=config,
+        parametrize=lambda _name, params, indirect: calls.append(params),
+    )
+    plugin.pytest_generate_tests(meta)  # type: ignore[arg-type]
+    (params,) = calls
+    ids = [p.id for p in params]  # type: ignore[attr-defined]
+    assert ids == [
+        "kernel@bullseye-ipv4",
+        "kernel@bullseye-ipv6",
+        "kernel@sid-ipv4",
+        "kernel@sid-ipv6",
+        "reference-ipv4",
+        "reference-ipv6",
+    ]
+    lanes = {
+        p.id: next((m.kwargs.get("lane") for m in p.marks if m.name == "kernel"), "-")  # type: ignore[attr-defined]
+        for p in params
+    }
+    assert lanes["kernel@sid-ipv6"] == "sid" and lanes["reference-ipv4"] == "-"
+
+
+MULTI_CONFTEST = """
+import json
+import pytest
+from harness.lanes import provision, pytest_lane
+
+SEEN = {}
+
+def pytest_addoption(parser):
+    parser.addoption("--kernel", action=provision.JoinKernels, default=None)
+
+def fake_run_guest(state, lane_run, d):
+    # what the guest's recorder writes: one line per phase, under the guest's node ids
+    ids = [pytest_lane.guest_nodeid(n, lane_run.label) for n in lane_run.nodeids]
+    SEEN[lane_run.name] = ids
+    with (d / "results.jsonl").open("w") as f:
+        for gid in ids:
+            record = {"nodeid": gid, "kernel": "uname-of-" + lane_run.name}
+            for when in ("setup", "call", "teardown"):
+                props = [["lvsconf", record]] if when == "call" else []
+                f.write(json.dumps({
+                    "nodeid": gid, "when": when, "outcome": "passed", "longrepr": None,
+                    "duration": 0.0, "user_properties": props,
+                }) + "\\n")
+    (d / "done.json").write_text(json.dumps({"error": None, "release": lane_run.name + "-rel",
+                                             "measurements": {"guest_seconds": 1.0}}))
+
+pytest_lane._run_guest = fake_run_guest
+
+class Check:
+    def __init__(self):
+        self.props = {}
+    def pytest_runtest_logreport(self, report):
+        for key, value in report.user_properties:
+            self.props[report.nodeid] = value["nodeid"]
+
+CHECK = Check()
+
+def pytest_configure(config):
+    config.pluginmanager.register(CHECK, "check")
+
+def pytest_sessionfinish(session):
+    print("SEEN", json.dumps(SEEN, sort_keys=True))
+    print("PROPS", json.dumps(CHECK.props, sort_keys=True))
+"""
+
+MULTI_CASES = """
+import pytest
+
+LANES = ("bullseye", "sid", "nosuchsuite")
+
+@pytest.mark.parametrize("lane", [
+    pytest.param(lane, id=f"kernel@{lane}-ipv4", marks=pytest.mark.kernel(lane=lane))
+    for lane in LANES
+])
+def test_case(lane):
+    raise AssertionError("a VM-lane item never runs on the host")
+
+def test_local():
+    pass
+"""
+
+
+def test_each_lane_boots_its_own_guest_and_a_bad_lane_errors_only_its_items(
+    pytester: pytest.Pytester, fake_apt: Path
+) -> None:
+    pytester.makeconftest(MULTI_CONFTEST)
+    pytester.makepyfile(test_multi=MULTI_CASES)
+    result = pytester.runpytest_inprocess(
+        "-p",
+        "harness.lanes.pytest_lane",
+        "-p",
+        "no:lvsconf",
+        "-p",
+        "no:cacheprovider",
+        "-s",
+        "--kernel",
+        "bullseye",
+        "--kernel",
+        "sid,nosuchsuite",
+    )
+    result.assert_outcomes(passed=3, errors=1)
+    assert result.ret != 0
+    out = result.stdout.str()
+    seen = next(ln for ln in result.outlines if "SEEN {" in ln)
+    # each guest got exactly its lane's item, under the id the guest gives it
+    assert '"bullseye": ["test_multi.py::test_case[kernel-ipv4]"]' in seen
+    assert '"sid": ["test_multi.py::test_case[kernel-ipv4]"]' in seen
+    assert "nosuchsuite" not in seen
+    props = next(ln for ln in result.outlines if ln.startswith("PROPS {"))
+    # the guest's record now names the host item (two lanes, two records, no collision)
+    assert (
+        '"test_multi.py::test_case[kernel@sid-ipv4]": "test_multi.py::test_case[kernel@sid-ipv4]"'
+        in props
+    )
+    assert "kernel lane nosuchsuite: unknown kernel 'nosuchsuite'" in out
+    assert "kernel lane sid: sid-rel, 1 case(s), guest 1 s" in out
+    assert "kernel lane nosuchsuite: failed: unknown kernel 'nosuchsuite'" in out
