@@ -23,6 +23,7 @@ from impl.ipvsadm import AddDest as AddDestOp
 from impl.ipvsadm import AddService as AddServiceOp
 from impl.ipvsadm import Op, RulesError
 from impl.scenario import AddDest, DelDest, EditDest, Scenario, ServiceConfig
+from impl.scenario import EditService as EditServiceStep
 from impl.schedulers.registry import SCHEDULERS
 from impl.types import (
     IPV4,
@@ -120,6 +121,16 @@ def unexpressible(scenario: Scenario) -> str | None:
     keepalived ignores a virtual server without real servers ("has no real servers -
     ignoring", measured with keepalived -t), so a service must keep a dest at every step.
     """
+    services = [c.service for c in scenario.services]
+    services += [s.service for s in scenario.steps if isinstance(s, EditServiceStep)]
+    for service in services:
+        if service.family is IPV4 and service.netmask is not None:
+            mask = service.netmask
+            if mask and (mask | (mask - 1)) != 0xFFFFFFFF:
+                return (
+                    f"service {service.key}: non-contiguous netmask (keepalived refuses a "
+                    "persistence_granularity that is not solid)"
+                )
     count = {c.service.key: len(c.dests) for c in scenario.services}
     for config in scenario.services:
         for dest in config.dests:
@@ -404,9 +415,12 @@ def _granularity_value(node: Node, family: Family) -> int:
     if family is IPV6:
         return _int(node, text, "persistence_granularity (IPv6 prefix length)", 1, 128)
     try:
-        return int(ipaddress.IPv4Address(text))
+        mask = int(ipaddress.IPv4Address(text))
     except ValueError:
         raise node.fail(f"{text[:40]!r} is not an IPv4 netmask", "e.g. 255.255.255.0") from None
+    if mask and (mask | (mask - 1)) != 0xFFFFFFFF:  # keepalived: "netmask is not solid"
+        raise node.fail(f"netmask {text} is not contiguous", "keepalived takes only /n masks")
+    return mask
 
 
 @dataclass(slots=True)
@@ -417,7 +431,7 @@ class _VS:
     keys: list[ServiceKey]
     scheduler: str = DEFAULT_SCHEDULER
     method: Fwd = Fwd.NAT
-    proto: Proto = Proto.TCP
+    proto: Proto = Proto.UDP  # keepalived: "no protocol set - defaulting to UDP"
     family: Family | None = None
     timeout: int | None = None
     granularity: Node | None = None
@@ -482,6 +496,8 @@ def _vs_keyword(vs: _VS, node: Node) -> None:
         )
     elif k == "persistence_granularity":
         vs.granularity = node
+        if vs.timeout is None:  # keepalived's pgr_handler makes the service persistent
+            vs.timeout = DEFAULT_PERSISTENCE
     elif k == "persistence_engine":
         vs.pe = _one_arg(node)
         if vs.pe != "sip":

@@ -48,6 +48,7 @@ virtual_server_group web {
 }
 virtual_server group web {
     delay_loop 6
+    protocol TCP
     lb_algo wrr
     lb_kind DR
     persistence_timeout 600
@@ -121,10 +122,12 @@ def test_ipvsadm_text_still_reads_as_ipvsadm(tmp_path: Path) -> None:
     assert rules.format == "ipvsadm" and len(rules.services) == 1
 
 
-def test_defaults_nat_wlc_tcp_weight_one_and_port_from_the_service() -> None:
+def test_defaults_nat_wlc_udp_weight_one_and_port_from_the_service() -> None:
+    # keepalived -t: "no protocol set - defaulting to UDP", "no scheduler set, setting
+    # default 'wlc'", "no forwarding method set, setting default NAT"
     conf = parse_conf("virtual_server 192.0.2.1 80 {\n real_server 10.0.0.1 {\n }\n}\n")
     (config,) = conf.services
-    assert (config.service.scheduler, config.service.key.proto) == ("wlc", Proto.TCP)
+    assert (config.service.scheduler, config.service.key.proto) == ("wlc", Proto.UDP)
     assert config.dests == (Dest(ipaddress.ip_address("10.0.0.1"), 80, 1, Fwd.NAT),)
 
 
@@ -150,7 +153,12 @@ def test_defaults_nat_wlc_tcp_weight_one_and_port_from_the_service() -> None:
             4,
             "also declared at",
         ),
-        ("virtual_server 192.0.2.1 80 {\n ops\n}\n", 1, "only for UDP"),
+        ("virtual_server 192.0.2.1 80 {\n protocol TCP\n ops\n}\n", 1, "only for UDP"),
+        (
+            "virtual_server 192.0.2.1 80 {\n persistence_granularity 255.0.255.0\n}\n",
+            2,
+            "contiguous",
+        ),
         ("$PORT=80\n", 1, "not read"),
         ("virtual_server 300.1.1.1 80 {\n}\n", 1, "not an IP address"),
         ("include x.conf\n", 1, "include in text without files"),
