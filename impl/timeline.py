@@ -79,8 +79,10 @@ from impl.types import (
     IPV4,
     Decision,
     DecisionKind,
+    Dest,
     Family,
     Flow,
+    Fwd,
     FwmarkRule,
     IPAddress,
     Proto,
@@ -411,7 +413,7 @@ class TimelineBuilder:
 
 def parse_timeline(text: str, filename: str = "<scenario>", name: str | None = None) -> Timeline:
     """Read a scenario file (see the module docstring)."""
-    builder = TimelineBuilder(name or filename, filename)
+    builder = TimelineBuilder(filename if name is None else name, filename)
     try:
         check_line_lengths(text, filename)
     except PredictError as exc:
@@ -522,7 +524,7 @@ def render_timeline(timeline: Timeline | Scenario) -> str:
     dest's port is the service port, as ipvsadm forces it)."""
     if isinstance(timeline, Scenario):
         timeline = Timeline(timeline)
-    s = timeline.scenario
+    s = as_ipvsadm_sets(timeline.scenario)
     expects = {e.flow_index: e for e in timeline.expects}
     out = [f"# scenario {s.name}"] if s.name else []
     if s.timeouts != ProtoTimeouts():
@@ -556,6 +558,34 @@ def render_timeline(timeline: Timeline | Scenario) -> str:
         elif isinstance(step, SetSysctl):
             out.append(f"sysctl {step.name}={step.value}")
     return "".join(f"{line}\n" for line in out)
+
+
+def _forced(key: ServiceKey, dest: Dest) -> Dest:
+    """``dest`` as ipvsadm would add it: a DR/TUN dest of a non-fwmark service gets the
+    service port (ipvsadm.c process_options); the packet's port is kept either way."""
+    if key.fwmark or dest.fwd not in (Fwd.DR, Fwd.TUN) or dest.port == key.vport:
+        return dest
+    return replace(dest, port=key.vport)
+
+
+def as_ipvsadm_sets(s: Scenario) -> Scenario:
+    """``s`` with every dest as ipvsadm can write it (see :func:`_forced`)."""
+    services = tuple(
+        ServiceConfig(c.service, tuple(_forced(c.service.key, d) for d in c.dests))
+        for c in s.services
+    )
+    fwd_of = {(c.service.key, d.addr, d.port): d.fwd for c in s.services for d in c.dests}
+    steps: list[Step] = []
+    for step in s.steps:
+        if isinstance(step, AddDest | EditDest):
+            fwd_of[(step.key, step.dest.addr, step.dest.port)] = step.dest.fwd
+            step = replace(step, dest=_forced(step.key, step.dest))
+        elif isinstance(step, DelDest):
+            fwd = fwd_of.get((step.key, step.addr, step.port), Fwd.NAT)
+            port = _forced(step.key, Dest(step.addr, step.port, fwd=fwd)).port
+            step = replace(step, port=port)
+        steps.append(step)
+    return replace(s, services=services, steps=tuple(steps))
 
 
 def _dest_line(key: ServiceKey, step: AddDest | EditDest) -> str:
