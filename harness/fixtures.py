@@ -57,6 +57,11 @@ def pytest_configure(config: pytest.Config) -> None:
         runs.notice_to(_notice["fd"])
 
 
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    # pytest caught the interrupt; what follows (fixture teardown) must not be cut short
+    runs.cleanup_started()
+
+
 def _sweep_stale_runs() -> None:
     report = runs.sweep()
     if report.removed_anything:

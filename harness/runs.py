@@ -24,6 +24,7 @@ import re
 import secrets
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -312,7 +313,7 @@ class Run:
 
 
 _default: Run | None = None
-_default_lock = threading.Lock()
+_default_lock = threading.RLock()  # reentrant for the same reason as Run._lock
 
 
 def default_run() -> Run:
@@ -458,24 +459,47 @@ def sweep() -> SweepReport:
 
 CLEANUP_NOTICE = "lvsconf: cleanup in progress, please wait\n"
 _INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
-_interrupt = {"seen": False, "said": False, "fd": 2}
+_interrupt = {"raised": False, "cleaning": False, "said": False, "fd": 2}
+
+
+def cleanup_started() -> None:
+    """The interrupt was caught and teardown runs (pytest calls this through its
+    ``pytest_keyboard_interrupt`` hook): from now on signals only get the notice."""
+    _interrupt["cleaning"] = True
+
+
+def _unwinding() -> bool:
+    """True while a KeyboardInterrupt is being handled in this thread: the handler runs in a
+    ``finally``, ``except`` or ``__exit__`` that the interrupt is passing through (there
+    ``sys.exc_info()`` holds it, possibly as the context of an exception raised inside)."""
+    exc = sys.exc_info()[1]
+    for _ in range(64):  # a context chain is short; never loop on a cycle
+        if exc is None:
+            return False
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__context__
+    return False
 
 
 def _on_interrupt(signum: int, frame: object) -> None:
-    # The first SIGINT/SIGTERM unwinds the stack (KeyboardInterrupt: LIFO teardown runs in
-    # every finally/__exit__ on the way). Any later one must not cut that teardown short, so it
-    # is ignored, with one notice - as the kernel selftests' cleanup traps do.
-    if _interrupt["seen"]:
+    # A signal unwinds the stack (KeyboardInterrupt: LIFO teardown runs in every finally and
+    # __exit__ on the way). While that teardown runs, a further signal must not cut it short:
+    # it is ignored, with one notice, as the kernel selftests' cleanup traps do. A signal that
+    # arrives when no interrupt is being handled raises again: the first one can be lost (raised
+    # inside an at-fork hook or a finaliser, Python reports it as "Exception ignored").
+    if _interrupt["cleaning"] or _unwinding():
         if not _interrupt["said"]:
             _interrupt["said"] = True
             with contextlib.suppress(OSError):
                 os.write(_interrupt["fd"], CLEANUP_NOTICE.encode())
         return
-    _interrupt["seen"] = True
-    # Interpreter shutdown restores the default dispositions (Python's signal module
-    # finalisation) after atexit handlers ran; one more Ctrl-C then would kill the process by
-    # SIGINT instead of letting it exit with its status. Ignore both from atexit on.
-    atexit.register(_ignore_interrupts)
+    if not _interrupt["raised"]:
+        _interrupt["raised"] = True
+        # Interpreter shutdown restores the default dispositions (the signal module's
+        # finalisation) after atexit handlers ran, and atexit handlers tear down too (the
+        # default run): from atexit on, an interrupted process ignores both signals.
+        atexit.register(_ignore_interrupts)
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 

@@ -212,6 +212,49 @@ def test_more_signals_during_teardown_do_not_cut_it_short(
     assert not runs.is_alive(sleeper, sleeper_start)
 
 
+LOST_INTERRUPT_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from harness import runs
+
+    runs.install_interrupt_policy()
+
+    class Finaliser:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100000):  # the handler runs here, and its KeyboardInterrupt is lost
+                pass
+
+    Finaliser()  # dropped at once
+    print("LOST", flush=True)
+    sys.stdin.readline()
+    print("NOT INTERRUPTED", flush=True)
+""")
+
+
+def test_an_interrupt_lost_in_a_finaliser_does_not_disarm_ctrl_c(
+    tmp_path: Path, children: Children
+) -> None:
+    """Regression (seen in ci/soak): the first KeyboardInterrupt was raised inside an at-fork
+    hook, Python dropped it ("Exception ignored"), and every later Ctrl-C was ignored as if a
+    teardown were running. Only an interrupt that is being handled makes later ones wait."""
+    script = tmp_path / "lost.py"
+    script.write_text(LOST_INTERRUPT_CHILD)
+    proc = children.popen(
+        [sys.executable, str(script)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    read_until(proc, "LOST")
+    proc.send_signal(signal.SIGINT)
+    out, err = children.communicate(proc, CHILD_TIMEOUT)
+    assert "Exception ignored in" in err  # the first one was lost
+    assert proc.returncode == -signal.SIGINT, out + err  # the second one interrupted
+    assert "NOT INTERRUPTED" not in out
+    assert runs.CLEANUP_NOTICE.strip() not in err
+
+
 def test_wait_gone_counts_a_zombie_as_gone_and_is_bounded() -> None:
     zombie = subprocess.Popen(["sleep", "300"])  # our child: a zombie until we reap it
     alive = subprocess.Popen(["sleep", "300"])
