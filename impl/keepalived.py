@@ -41,6 +41,7 @@ from impl.types import (
 )
 
 METHODS: dict[Fwd, str] = {Fwd.NAT: "NAT", Fwd.DR: "DR", Fwd.TUN: "TUN"}
+FTP_PORT = 21
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
@@ -132,6 +133,15 @@ def unexpressible(scenario: Scenario) -> str | None:
                     "persistence_granularity that is not solid)"
                 )
     count = {c.service.key: len(c.dests) for c in scenario.services}
+    nat_zero = [
+        (c.service.key, d) for c in scenario.services for d in c.dests if d.fwd is Fwd.NAT
+    ] + [(s.key, s.dest) for s in scenario.steps if isinstance(s, AddDest | EditDest)]
+    for key, d in nat_zero:
+        if d.fwd is Fwd.NAT and d.port == 0 and key.vport == FTP_PORT and not key.fwmark:
+            return (
+                f"NAT dest {d} of FTP service {key}: keepalived gives a real server without "
+                "a port the service's port, so the FTP fallback's ports are not kept"
+            )
     for config in scenario.services:
         for dest in config.dests:
             if dest.fwd not in METHODS:
@@ -604,8 +614,10 @@ def _service_configs(vs: _VS, groups: dict[str, Node]) -> list[ServiceConfig]:
                     f"real server {addr} is not {key.family.label} like {key}",
                     "only tunnelled real servers may differ in family",
                 )
-            dport = key.vport if port is None else port  # keepalived passes it as given
-            dest = Dest(addr, dport, weight, fwd, upper, lower)
+            dest = Dest(addr, port or 0, weight, fwd, upper, lower)
+            if not (fwd is Fwd.NAT and vs.node.args[:1] == ["group"]):
+                # the ports keepalived corrects (a group's NAT real servers keep theirs)
+                dest = replace(dest, port=programmed_port(key, dest))
             if any((d.addr, d.port) == (dest.addr, dest.port) for d in dests):
                 raise node.fail(f"real server {dest} appears twice in {key}", "remove one")
             dests.append(dest)
@@ -753,6 +765,7 @@ __all__ = [
     "render_conf",
     "render_virtual_server",
     "unexpressible",
+    "as_programmed",
     "parse_conf",
     "looks_like_keepalived",
     "scale",
@@ -762,3 +775,59 @@ __all__ = [
     "METHODS",
     "PROTOCOLS",
 ]
+
+
+def programmed_port(key: ServiceKey, dest: Dest) -> int:
+    """The dest port keepalived gives IPVS (keepalived/check/check_data.c,
+    validate_check_config, 2.2): on an address service a NAT real server without a port gets
+    the service's port and any other real server always gets it ("ports don't match -
+    resetting"); on a fwmark service a non-NAT real server's port is cleared."""
+    if key.fwmark:
+        return dest.port if dest.fwd is Fwd.NAT else 0
+    if dest.fwd is Fwd.NAT:
+        return dest.port or key.vport
+    return key.vport
+
+
+def as_programmed(scenario: Scenario) -> Scenario:
+    """``scenario`` as keepalived programs it into IPVS (:func:`programmed_port`). For DR and
+    TUN that changes only the port IPVS records for the dest (templates, connections); for NAT
+    a port-0 dest is rewritten to the service port instead of keeping the packet's port, which
+    differs only on an FTP service (its port-20/high-port fallback): :func:`unexpressible`
+    refuses that."""
+
+    def dest(key: ServiceKey, d: Dest) -> Dest:
+        return replace(d, port=programmed_port(key, d))
+
+    services = tuple(
+        ServiceConfig(c.service, tuple(dest(c.service.key, d) for d in c.dests))
+        for c in scenario.services
+    )
+    steps = []
+    for step in scenario.steps:
+        if isinstance(step, AddDest | EditDest):
+            step = replace(step, dest=dest(step.key, step.dest))
+        elif isinstance(step, DelDest):
+            old = next(
+                (
+                    d
+                    for d in _dests_before(scenario, step)
+                    if (d.addr, d.port) == (step.addr, step.port)
+                ),
+                Dest(step.addr, step.port),
+            )
+            step = replace(step, port=programmed_port(step.key, old))
+        steps.append(step)
+    return replace(scenario, services=services, steps=tuple(steps))
+
+
+def _dests_before(scenario: Scenario, until: object) -> list[Dest]:
+    """Every dest the scenario has configured before step ``until`` (to find a deleted one's
+    forwarding method)."""
+    dests = [d for c in scenario.services for d in c.dests]
+    for step in scenario.steps:
+        if step is until:
+            break
+        if isinstance(step, AddDest | EditDest):
+            dests.append(step.dest)
+    return dests

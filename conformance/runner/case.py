@@ -199,6 +199,9 @@ class Case:
         if reason:
             self.unsupported_reason = reason
             raise Unsupported(f"unsupported by {self.impl.name}: {reason}")
+        programs = getattr(self.impl, "programs", None)
+        if programs is not None:  # what it really configures, e.g. keepalived's dest ports
+            scenario = programs(scenario)
         level = self.level
         result = CaseResult(self.rule_id, self.impl.name, self.family, scenario)
         result.equivalence = not self.impl.exact or not all(

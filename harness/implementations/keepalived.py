@@ -38,7 +38,7 @@ from harness.implementations.kernel import (
     write_sysctl,
 )
 from harness.nft import NftError, nft
-from impl.keepalived import render_conf, unexpressible
+from impl.keepalived import as_programmed, render_conf, unexpressible
 from impl.scenario import Scenario, ServiceConfig
 from impl.types import Connection, Dest, IPAddress, Service, ServiceKey, Template
 
@@ -197,6 +197,11 @@ class Keepalived:
 
     def unsupported(self, scenario: Scenario) -> str | None:
         return unsupported_reason(scenario)
+
+    def programs(self, scenario: Scenario) -> Scenario:
+        """The configuration keepalived really gives IPVS (its dest port corrections): the
+        model predicts for that (conformance.runner.case)."""
+        return as_programmed(scenario)
 
     @contextlib.contextmanager
     def install(self, net: Net, scenario: Scenario) -> Iterator[KeepalivedHandle]:

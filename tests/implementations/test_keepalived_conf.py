@@ -17,6 +17,7 @@ from harness.implementations.keepalived import Keepalived, command
 from harness.implementations.registry import DEFAULT_ORDER, resolve
 from impl.ipvsadm import RulesError, load_rules, render_rules
 from impl.keepalived import (
+    as_programmed,
     looks_like_keepalived,
     parse_conf,
     render_conf,
@@ -103,8 +104,8 @@ def test_groups_includes_and_defaults_become_ipvsadm_services(tmp_path: Path) ->
         "-a -t 192.0.2.11:80 -r 10.1.0.1:80 -g -w 3\n"
         "-a -t 192.0.2.11:80 -r 10.1.0.2:80 -g -w 1\n"
         "-A -f 7 -s wrr -p 600 -M 255.255.255.0\n"
-        "-a -f 7 -r 10.1.0.1:80 -g -w 3\n"
-        "-a -f 7 -r 10.1.0.2:80 -g -w 1\n"
+        "-a -f 7 -r 10.1.0.1:0 -g -w 3\n"  # keepalived clears a non-NAT port on fwmark
+        "-a -f 7 -r 10.1.0.2:0 -g -w 1\n"
         # persistence_timeout without a value: keepalived's 6 minutes
         "-A -u [2001:db8:100::1]:53 -s sh -p 360 -M 64 -b sh-port\n"
         "-a -u [2001:db8:100::1]:53 -r [2001:db8:200::1]:5353 -m -w 2\n"
@@ -321,3 +322,43 @@ def test_predict_reads_a_keepalived_conf(
     # one /24 of clients persists across both VIPs' templates on the same real server
     assert all("template TCP 10:00 NONE 203.0.113.0:0" in line for line in out), out
     assert {line.split("forward ")[1].split(" ")[0] for line in out} == {"10.1.0.2:80"}
+
+
+def test_as_programmed_applies_keepalived_port_corrections() -> None:
+    key = ServiceKey(IPV4, Proto.TCP, addresses.vip(IPV4, 0), 80)
+    fwm = ServiceKey(IPV4, Proto.TCP, None, 0, fwmark=5)
+    rs = [addresses.rip(IPV4, i) for i in range(3)]
+    sc = Scenario(
+        "t",
+        (
+            ServiceConfig(
+                load_rules("-A -t 198.19.0.1:80 -s rr\n")[0].service,
+                (Dest(rs[0], 0), Dest(rs[1], 0, fwd=Fwd.NAT), Dest(rs[2], 8080, fwd=Fwd.NAT)),
+            ),
+            ServiceConfig(load_rules("-A -f 5 -s rr\n")[0].service, (Dest(rs[0], 80),)),
+        ),
+        (
+            AddDest(key, Dest(rs[1], 0, fwd=Fwd.TUN)),
+            DelDest(key, rs[0], 0),
+            DelDest(fwm, rs[0], 80),
+        ),
+    )
+    got = as_programmed(sc)
+    assert [d.port for d in got.services[0].dests] == [80, 80, 8080]
+    assert [d.port for d in got.services[1].dests] == [0]  # fwmark: a DR port is cleared
+    assert got.steps == (
+        AddDest(key, Dest(rs[1], 80, fwd=Fwd.TUN)),
+        DelDest(key, rs[0], 80),
+        DelDest(fwm, rs[0], 0),
+    )
+    nat_ftp = Scenario(
+        "t",
+        (
+            ServiceConfig(
+                load_rules("-A -t 198.19.0.1:21 -s rr -p 60\n")[0].service,
+                (Dest(rs[0], 0, fwd=Fwd.NAT),),
+            ),
+        ),
+        (),
+    )
+    assert "FTP" in (unexpressible(nat_ftp) or "")
