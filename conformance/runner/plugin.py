@@ -6,7 +6,8 @@
 - Each decisive report carries a JSON-able record in ``user_properties`` (``("lvsconf", {...})``)
   so records survive pytest-xdist and the VM round trip; the controller collects them.
 - ``--lvs-report DIR`` writes results.json, index.html and summary.md
-  (:mod:`conformance.runner.report`).
+  (:mod:`conformance.runner.report`) into a new directory swapped in at DIR only when the run
+  has results; the report it replaces is kept as DIR.prev.
 - Never a vacuous green: selecting no case is an error; a case that passes without running a
   scenario, or whose scenario did not conform, fails; the terminal's last line reads
   ``N passed, N failed, N skipped`` over the conformance verdicts.
