@@ -19,9 +19,9 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from impl.ipvsadm import SCHED_FLAG_NAMES, Op, RulesError
 from impl.ipvsadm import AddDest as AddDestOp
 from impl.ipvsadm import AddService as AddServiceOp
-from impl.ipvsadm import Op, RulesError
 from impl.scenario import AddDest, DelDest, EditDest, Scenario, ServiceConfig
 from impl.scenario import EditService as EditServiceStep
 from impl.schedulers.registry import SCHEDULERS
@@ -218,15 +218,7 @@ RS_IGNORED = frozenset(
     ]
 )
 _METHOD_BY_NAME = {v: k for k, v in METHODS.items()}
-_FLAG_BY_NAME = {
-    "flag-1": SvcFlag.SCHED1,
-    "flag-2": SvcFlag.SCHED2,
-    "flag-3": SvcFlag.SCHED3,
-    "sh-fallback": SvcFlag.SCHED1,
-    "sh-port": SvcFlag.SCHED2,
-    "mh-fallback": SvcFlag.SCHED1,
-    "mh-port": SvcFlag.SCHED2,
-}
+_FLAG_BY_NAME = SCHED_FLAG_NAMES  # keepalived takes ipvsadm's -b names as keywords
 
 
 @dataclass(slots=True)
