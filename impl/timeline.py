@@ -325,9 +325,9 @@ class TimelineBuilder:
         if self.started and isinstance(op, AddService | DelService | Clear):
             self._initial(where, {AddService: "-A", DelService: "-D", Clear: "-C"}[type(op)])
         self.ops.append(op)
-        after = self._state()  # ipvsadm-restore's checks, naming this line
         if not self.started:
-            return
+            return  # the starting configuration is checked once, when the timeline starts
+        after = self._state()  # ipvsadm-restore's checks, naming this line
         if isinstance(op, AddDestOp):
             self._step(AddDest(op.key, op.dest))
         elif isinstance(op, EditDestOp):
@@ -383,6 +383,7 @@ class TimelineBuilder:
 
     def _start(self) -> None:
         if not self.started:
+            self._state()  # ipvsadm-restore's checks of the setup, naming the bad line
             self.started = True
             self.initial_ops = len(self.ops)
 
@@ -432,7 +433,10 @@ def parse_timeline(text: str, filename: str = "<scenario>", name: str | None = N
             if not message.startswith(where):
                 message = f"{where}: {message}"
             raise TimelineError(message) from None
-    return builder.build()
+    try:
+        return builder.build()
+    except RulesError as exc:  # the setup of a file without flows is checked here
+        raise TimelineError(str(exc)) from None
 
 
 def _line(builder: TimelineBuilder, line: str, where: str, lineno: int) -> None:
@@ -456,8 +460,11 @@ def _line(builder: TimelineBuilder, line: str, where: str, lineno: int) -> None:
         rest = words[1:] if words[0] in _IPVSADM else words
         builder.set_timeouts(rest[1:], where)
     elif _is_ipvsadm(words):
-        ops = parse_rules("\n" * (lineno - 1) + line, builder.filename)
-        builder.rules(ops)
+        try:
+            ops = parse_rules(line, builder.filename)
+        except RulesError as exc:  # parsed alone, the line is line 1: name the real one
+            raise _fail(where, exc.what, exc.fix) from None
+        builder.rules([replace(op, line=lineno) for op in ops])
     elif head.lower() in ("tcp", "udp", "sctp", "icmp", "icmpv6") or "->" in line:
         builder.flow(parse_flow(line, where))
     else:
