@@ -174,3 +174,28 @@ def test_each_lane_boots_its_own_guest_and_a_bad_lane_errors_only_its_items(
     assert "kernel lane nosuchsuite: unknown kernel 'nosuchsuite'" in out
     assert "kernel lane sid: sid-rel, 1 case(s), guest 1 s" in out
     assert "kernel lane nosuchsuite: failed: unknown kernel 'nosuchsuite'" in out
+
+
+def test_lvsconf_run_passes_every_lane_to_pytest() -> None:
+    from lvsconf.cli import build_parser
+    from lvsconf.commands import run as run_cmd
+
+    args = build_parser().parse_args(["run", "--kernel", "bullseye,bookworm", "--kernel", "sid"])
+    argv = run_cmd.pytest_args(args)
+    assert argv[argv.index("--kernel") + 1] == "bullseye,bookworm,sid"
+    assert argv.count("--kernel") == 1
+
+
+def test_kernel_list_shows_each_suite_from_the_private_lists(
+    fake_apt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lvsconf.cli import main
+
+    assert main(["kernel", "list"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert rows[0][:4] == ["SUITE", "ALIASES", "linux-image-amd64", "RELEASE"]
+    table = {r[0]: r[1:] for r in rows[1:]}
+    assert table["bullseye"] == ["oldoldstable", "5.10.262-1", "5.10.0-46-amd64", "image", "no"]
+    assert table["trixie"][:3] == ["stable", "6.12.118-1", "6.12.118+deb13-amd64"]
+    assert table["sid"] == ["unstable", "7.2.13-1", "7.2.13+deb14-amd64", "split", "no"]
+    assert list(table) == ["bullseye", "bookworm", "trixie", "forky", "sid"]
