@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.lanes import provision, pytest_lane, vm
+from harness.lanes import guest_records, provision, pytest_lane, vm
 from harness.lanes.provision import LaneError
 
 pytest_plugins = ["pytester"]
@@ -162,8 +162,8 @@ def test_group_records_tolerates_a_line_cut_by_a_crash() -> None:
         {"nodeid": "a", "when": "teardown", "outcome": "passed"},
         {"nodeid": "b", "when": "setup", "outcome": "passed"},
     ) + ['{"nodeid": "b", "wh']
-    groups = pytest_lane.group_records(lines)
-    assert pytest_lane.finished(groups["a"]) and not pytest_lane.finished(groups["b"])
+    groups = guest_records.group_records(lines)
+    assert guest_records.finished(groups["a"]) and not guest_records.finished(groups["b"])
 
 
 GUEST_SUITE = """
@@ -199,13 +199,13 @@ def test_guest_reports_replay_as_the_host_items_own(
         "-p", "harness.lanes.pytest_lane", "--lvs-guest-results", str(results), "--kernel", "host"
     )
     guest.assert_outcomes(passed=1, failed=2, skipped=1, xfailed=1)
-    groups = pytest_lane.group_records(results.read_text().splitlines())
-    assert len(groups) == 5 and all(pytest_lane.finished(g) for g in groups.values())
+    groups = guest_records.group_records(results.read_text().splitlines())
+    assert len(groups) == 5 and all(guest_records.finished(g) for g in groups.values())
 
     items, _ = pytester.inline_genitems()
     replayed = {}
     for item in items:
-        reports = [pytest_lane.replay_report(item, r) for r in groups[item.nodeid]]
+        reports = [guest_records.replay_report(item, r) for r in groups[item.nodeid]]
         replayed[item.name] = reports
     call = {
         name: next(r for r in reps if r.when == "call")
