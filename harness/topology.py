@@ -312,7 +312,14 @@ def _configure_rs(net: Net, i: int) -> None:
                 # no per-namespace fallback device (net.core.fb_tunnels_only_for_init_net):
                 # a tunnel without endpoints catches the same packets
                 ifname = f"{net.rs_if[i]}{'t' if fam is IPV4 else 's'}"
-                ipr.link("add", ifname=ifname, kind=kind)
+                try:
+                    ipr.link("add", ifname=ifname, kind=kind)
+                except NetlinkError as exc:
+                    if exc.code != 17:  # EEXIST
+                        raise
+                    # this add loaded the tunnel module, which gave every namespace its
+                    # fallback device; ours would duplicate it (same any/any endpoints)
+                    ifname = fallback
                 found = ipr.link_lookup(ifname=ifname)
             ipr.link("set", index=found[0], state="up")
             if fam is IPV4:
