@@ -199,3 +199,11 @@ def test_kernel_list_shows_each_suite_from_the_private_lists(
     assert table["trixie"][:3] == ["stable", "6.12.118-1", "6.12.118+deb13-amd64"]
     assert table["sid"] == ["unstable", "7.2.13-1", "7.2.13+deb14-amd64", "split", "no"]
     assert list(table) == ["bullseye", "bookworm", "trixie", "forky", "sid"]
+
+
+def test_replayed_lane_failures_and_progress_name_their_lane() -> None:
+    report = SimpleNamespace(nodeid="c/t.py::test_x[kernel@6.1.0-57-amd64-ipv6]")
+    assert plugin._lane_of(report) == "6.1.0-57-amd64"  # type: ignore[arg-type]
+    assert plugin._lane_of(SimpleNamespace(nodeid="c/t.py::test_x[kernel-ipv6]")) is None  # type: ignore[arg-type]
+    record = {"nodeid": report.nodeid, "implementation": "kernel", "family": "ipv6"}
+    assert plugin._param_id(record) == "kernel@6.1.0-57-amd64-ipv6"
