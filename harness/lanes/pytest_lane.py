@@ -284,7 +284,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         records = run.results.get(guest_nodeid(item.nodeid, run.label))
         if records is None or not finished(records):
             why = run.guest_error or "the guest did not finish this case (see guest output above)"
-            records = failed_records(f"kernel lane ({run.name}): {why}")
+            # no result at all: the lane never started (fetch, boot) -> an error, not a verdict
+            records = failed_records(
+                f"kernel lane ({run.name}): {why}", when="call" if run.results else "setup"
+            )
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
     for rec in records:
         item.ihook.pytest_runtest_logreport(report=replay_report(item, rec))

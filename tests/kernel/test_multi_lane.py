@@ -207,3 +207,13 @@ def test_replayed_lane_failures_and_progress_name_their_lane() -> None:
     assert plugin._lane_of(SimpleNamespace(nodeid="c/t.py::test_x[kernel-ipv6]")) is None  # type: ignore[arg-type]
     record = {"nodeid": report.nodeid, "implementation": "kernel", "family": "ipv6"}
     assert plugin._param_id(record) == "kernel@6.1.0-57-amd64-ipv6"
+
+
+def test_a_lane_that_produced_nothing_is_an_error_a_lost_case_a_failure() -> None:
+    never = pytest_lane.failed_records("kernel lane (sid): apt-get download failed", when="setup")
+    assert [(r["when"], r["outcome"]) for r in never] == [
+        ("setup", "failed"),
+        ("teardown", "passed"),
+    ]
+    lost = pytest_lane.failed_records("kernel lane (sid): guest lost")
+    assert [r["outcome"] for r in lost] == ["passed", "failed", "passed"]
