@@ -1,6 +1,8 @@
 """Kernel lanes: where the kernel implementation runs (the host kernel, or a VM).
 
-:mod:`provision` resolves ``--kernel`` to a :class:`~harness.lanes.provision.Lane` and fetches
-Debian kernels, :mod:`vm` boots them with virtme-ng, and :mod:`pytest_lane` runs kernel-marked
-tests in the lane and reports their outcomes as the host's own.
+:mod:`debian` resolves kernel names (suites, releases, versions) through a private apt
+configuration, :mod:`provision` turns ``--kernel`` into :class:`~harness.lanes.provision.Lane`
+objects and fetches Debian kernels into the cache, :mod:`vm` boots them with virtme-ng, and
+:mod:`pytest_lane` runs kernel-marked tests in each lane, reporting the guest's outcomes
+(:mod:`guest_records`) as the host's own.
 """
