@@ -307,9 +307,17 @@ def fuzz_test(examples: int, seed: int, short_timers: bool = True) -> Any:
     def test_fuzz(case: Case) -> None:
         from harness.traffic.engine import slowdown
 
-        # a slowed-down lane (a VM under TCG) stretches every step: no short timers there
-        short = short_timers and slowdown() <= 1
-        outcome = fuzz(case, case.family, examples, seed, short_timers=short)
+        # a slowed-down lane (a VM under TCG) stretches every step: no short timers there, and
+        # fewer shrinking runs
+        slow = slowdown() > 1
+        outcome = fuzz(
+            case,
+            case.family,
+            examples,
+            seed,
+            short_timers=short_timers and not slow,
+            shrink_budget=30 if slow else 150,
+        )
         print(f"examples={outcome.examples}")
         if outcome.diverged:
             pytest.fail(
