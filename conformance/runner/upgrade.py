@@ -33,6 +33,8 @@ from impl.kernel_level import KernelLevel, parse_release
 Key = tuple[str, str, str]  # (rule, implementation, family)
 GOOD = frozenset({"exact", "equivalent", "diverges"})
 #: display order; the first is the one that fails ``lvsconf diff``
+#: kernel label prefix of a record the kernel lane replayed without running it
+REPLAYED = "lane "
 LABELS = ("unexplained", "modelled", "improved", "failing", "equivalent", "changed")
 
 
@@ -212,15 +214,9 @@ def _equivalence(rec: dict[str, Any]) -> bool:
 def classify(a: dict[str, Any], b: dict[str, Any], lane: Lane) -> Change | None:
     """The change from record ``a`` (old kernel) to ``b`` (new), None when nothing changed."""
     va, vb = a["verdict"], b["verdict"]
-    change = Change(
-        (a["rule"], a["implementation"], a["family"]),
-        "",
-        "",
-        a,
-        b,
-        _flow_changes(a, b),
-        _table_changes(a, b),
-    )
+    change = Change((a["rule"], a["implementation"], a["family"]), "", "", a, b)
+    if _strings(a.get("flows")) and _strings(b.get("flows")):  # both ran traffic: compare it
+        change.flows, change.tables = _flow_changes(a, b), _table_changes(a, b)
     moved = bool(change.flows or change.tables)
     if va in GOOD and vb not in GOOD:
         change.label, change.why = "unexplained", f"regression: {va} -> {vb}"
@@ -255,17 +251,23 @@ def _levels(lane: Lane) -> str:
 
 
 def _one_kernel(records: Sequence[dict[str, Any]], side: str, option: str) -> dict[str, str]:
-    """implementation -> its single kernel on this side (several: the user must choose)."""
+    """implementation -> its single kernel on this side (several: the user must choose).
+
+    A case the kernel lane could not run is recorded under ``lane <spec>`` (no kernel booted
+    to name): in a report of one lane, those records belong to the lane's one kernel."""
     kernels: dict[str, set[str]] = {}
     for r in records:
         kernels.setdefault(r["implementation"], set()).add(r["kernel"])
+    out = {}
     for impl, found in kernels.items():
-        if len(found) > 1:
+        booted = {k for k in found if not k.startswith(REPLAYED)} or found
+        if len(booted) > 1:
             raise UpgradeError(
-                f"{side} holds {impl} on {len(found)} kernels ({', '.join(sorted(found))}); "
+                f"{side} holds {impl} on {len(booted)} kernels ({', '.join(sorted(booted))}); "
                 f"choose one with {option} TEXT (matched against the kernel label)"
             )
-    return {impl: next(iter(found)) for impl, found in kernels.items()}
+        out[impl] = next(iter(booted))
+    return out
 
 
 def compare(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> Comparison:
@@ -276,8 +278,8 @@ def compare(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> Com
     b = {(r["rule"], r["implementation"], r["family"]): r for r in new}
     lanes: dict[str, Lane] = {}
     for impl in sorted(ko.keys() & kn.keys()):
-        lo = next((level_of(r) for k, r in a.items() if k[1] == impl), None)
-        ln = next((level_of(r) for k, r in b.items() if k[1] == impl), None)
+        lo = next((lv for k, r in a.items() if k[1] == impl and (lv := level_of(r))), None)
+        ln = next((lv for k, r in b.items() if k[1] == impl and (lv := level_of(r))), None)
         reasons = differences(lo, ln) if lo and ln else []
         lanes[impl] = Lane(impl, ko[impl], kn[impl], lo, ln, reasons)
     changes = [c for k in sorted(a.keys() & b.keys()) if (c := classify(a[k], b[k], lanes[k[1]]))]

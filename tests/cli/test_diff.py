@@ -145,6 +145,18 @@ def test_improvements_and_verdict_only_changes_pass() -> None:
     assert [c.label for c in cmp.changes] == ["improved", "changed"] and not cmp.unexplained
 
 
+def test_cases_the_lane_could_not_run_belong_to_its_kernel() -> None:
+    lost = "kernel lane (sid): guest lost (vng status 255); console tail: ..."
+    old = [_rec("a", OLD_K), _rec("b", OLD_K)]
+    new = [_rec("a", NEW_K), _rec("b", "lane sid", "fail", flows=[], observed=[], detail=lost)]
+    cmp = compare(old, new)
+    assert [lane.new_kernel for lane in cmp.lanes] == [NEW_K]
+    assert cmp.lanes[0].new_level == parse_release("6.1.192")
+    (change,) = cmp.changes
+    assert change.label == "unexplained" and change.problems == [lost]
+    assert not change.flows and not change.tables  # no traffic ran on the new side
+
+
 def test_several_kernels_on_one_side_need_a_choice(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     merged = _write(tmp_path / "merged", OLD[:3] + NEW)
     assert main(["diff", str(merged), str(merged)]) == 2
@@ -186,7 +198,7 @@ def test_malformed_results_are_one_line_exit_2(
 
 
 def test_odd_evidence_fields_do_not_crash() -> None:
-    old = [_rec("r", OLD_K, observed=5, templates="x", flows=None)]
+    old = [_rec("r", OLD_K, observed=5, templates="x", expected={"a": 1})]
     new = [
         _rec("r", NEW_K, "fail", observed=["rs2:80"], templates=[{"step": "z", "observed": [1]}])
     ]
