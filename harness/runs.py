@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness import settings
 
@@ -458,8 +459,16 @@ def sweep() -> SweepReport:
 # --- interrupts -----------------------------------------------------------------------------
 
 CLEANUP_NOTICE = "lvsconf: cleanup in progress, please wait\n"
+REDELIVER_AFTER = 0.05  # seconds: an interrupt Python dropped comes again after this
 _INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
-_interrupt = {"raised": False, "cleaning": False, "said": False, "fd": 2}
+_interrupt: dict[str, Any] = {
+    "raised": False,  # a KeyboardInterrupt was raised by the policy
+    "cleaning": False,  # pytest caught it: teardown runs
+    "said": False,  # the cleanup notice was printed
+    "fd": 2,  # where the notice goes
+    "signum": signal.SIGINT,  # the last interrupt raised
+    "hook": sys.__unraisablehook__,  # the unraisable hook before ours
+}
 
 
 def cleanup_started() -> None:
@@ -494,6 +503,7 @@ def _on_interrupt(signum: int, frame: object) -> None:
             with contextlib.suppress(OSError):
                 os.write(_interrupt["fd"], CLEANUP_NOTICE.encode())
         return
+    _interrupt["signum"] = signum
     if not _interrupt["raised"]:
         _interrupt["raised"] = True
         # Interpreter shutdown restores the default dispositions (the signal module's
@@ -513,9 +523,24 @@ def notice_to(fd: int) -> None:
     _interrupt["fd"] = fd
 
 
+def _on_unraisable(unraisable: Any) -> None:
+    """sys.unraisablehook while the policy is installed: an interrupt raised where Python cannot
+    propagate it (an at-fork hook such as logging's, run after every fork of a subprocess; a
+    finaliser) is delivered again from a helper thread, so it lands in ordinary code; anything
+    else goes to the previous hook."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _interrupt["raised"]:
+        # not from inside this hook (it would be dropped again): a moment later, from a thread
+        timer = threading.Timer(REDELIVER_AFTER, os.kill, (os.getpid(), _interrupt["signum"]))
+        timer.daemon = True
+        timer.start()
+        return
+    _interrupt["hook"](unraisable)
+
+
 def install_interrupt_policy() -> None:
-    """In the main thread: SIGINT and SIGTERM raise KeyboardInterrupt once, then are ignored
-    (with one notice on stderr) for the rest of the process, so teardown always finishes.
+    """In the main thread: SIGINT and SIGTERM raise KeyboardInterrupt; while it is being handled
+    (teardown), further ones are ignored with one notice on stderr, so teardown always
+    finishes; an interrupt Python had to drop is delivered again (:func:`_on_unraisable`).
 
     Installed by every process that creates things (:class:`Run`, :func:`sigterm_as_interrupt`).
     A signal the process was started with ignored (a background job of a non-interactive shell
@@ -526,6 +551,9 @@ def install_interrupt_policy() -> None:
     for sig in _INTERRUPTS:
         if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(sig, _on_interrupt)
+    if sys.unraisablehook is not _on_unraisable:  # pytest installs its own at configure
+        _interrupt["hook"] = sys.unraisablehook
+        sys.unraisablehook = _on_unraisable
 
 
 @contextlib.contextmanager
