@@ -11,8 +11,8 @@ Layered like pyroute2's fixtures; each docstring states name, scope and dependen
 
 Only a session that uses the harness is touched: at the first use of ``lvs_run``, stale runs
 (owner process gone) are swept, with one line if anything went, and SIGINT/SIGTERM become
-KeyboardInterrupt once (later ones are ignored with a notice), so pytest still tears fixtures
-down (:func:`harness.runs.install_interrupt_policy`). Other pytest sessions in the same
+KeyboardInterrupt, and while pytest tears fixtures down later ones are ignored with a notice
+(:func:`harness.runs.install_interrupt_policy`). Other pytest sessions in the same
 virtualenv load this plugin but see no sweep and no signal handler.
 """
 
