@@ -16,13 +16,18 @@ LVSCONF_GUEST_WORKERS     xdist workers inside the guest (``1``)
 LVSCONF_SLOWDOWN          scales traffic bounds, >= 1 (``1``; the VM lane sets 20)
 LVSCONF_IN_GUEST          set by the VM lane inside the guest (unset)
 LVSCONF_KERNEL            default kernel lane of ``ci/test`` and ``lvsconf kernel`` (``auto``)
+LVSCONF_DEBIAN_MIRROR     Debian mirror for kernel packages (unset: the host's apt sources)
+LVSCONF_DEBIAN_SECURITY_MIRROR  the same for the security suites
+LVSCONF_APT_MAX_AGE       seconds before the private apt lists are refreshed (lanes' default)
 LVSCONF_REQUIRE_CASES     an empty case selection is an error (set by ``lvsconf run``)
 LVSCONF_PROGRESS          one progress line per case (set by ``lvsconf run``)
 ========================  =================================================================
 
 Outside Python: ``LVSCONF_REPORT`` (report directory of ``ci/test``), ``LVSCONF_PYTHON``
 (interpreter for ``ci/bootstrap``'s virtualenv), ``LVSCONF_HYPOTHESIS`` (``dev`` | ``ci``:
-Hypothesis profile of the project's own tests).
+Hypothesis profile of the project's own tests). ``LVSCONF_CLIENT_IF``, ``LVSCONF_BRIDGE``,
+``LVSCONF_SCRATCH``, ... are the other direction: the harness sets them for an ``exec``
+implementation under test (see harness/implementations/exec.py).
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ class Settings:
     kernel: str
     require_cases: bool
     progress: bool
+    debian_mirror: str | None
+    debian_security_mirror: str | None
+    apt_max_age: float | None
 
     @property
     def owners_dir(self) -> Path:
@@ -93,6 +101,15 @@ def _number(env: Mapping[str, str], name: str, lowest: float, example: str) -> f
     return value
 
 
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(PREFIX + name, "").strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"https?://[^\s'\"$`\\]+", raw):
+        raise _bad(name, raw, "is not an http(s) URL; e.g. http://deb.debian.org/debian")
+    return raw
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(PREFIX + name, "") not in ("", "0")
 
@@ -121,6 +138,9 @@ def from_environ(env: Mapping[str, str]) -> Settings:
         kernel=env.get(PREFIX + "KERNEL", "").strip() or "auto",
         require_cases=_flag(env, "REQUIRE_CASES"),
         progress=_flag(env, "PROGRESS"),
+        debian_mirror=_url(env, "DEBIAN_MIRROR"),
+        debian_security_mirror=_url(env, "DEBIAN_SECURITY_MIRROR"),
+        apt_max_age=_number(env, "APT_MAX_AGE", 0, "86400"),
     )
 
 

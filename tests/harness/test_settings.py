@@ -17,6 +17,7 @@ def test_defaults() -> None:
     assert (s.accel, s.guest_mem, s.guest_timeout, s.guest_workers) == (None, "1G", None, 1)
     assert (s.slowdown, s.in_guest, s.kernel) == (1.0, False, "auto")
     assert not s.require_cases and not s.progress
+    assert (s.debian_mirror, s.debian_security_mirror, s.apt_max_age) == (None, None, None)
 
 
 def test_values() -> None:
@@ -55,6 +56,8 @@ def test_values() -> None:
         ("GUEST_WORKERS", "two", "positive integer"),
         ("SLOWDOWN", "0.5", ">= 1"),
         ("SLOWDOWN", "fast" * 100, "is not a number"),
+        ("DEBIAN_MIRROR", "http://x/$(touch y)", "is not an http(s) URL"),
+        ("APT_MAX_AGE", "-1", ">= 0"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(name: str, value: str, fix: str) -> None:
