@@ -42,6 +42,10 @@ REQUIRE_CASES_ENV = "LVSCONF_REQUIRE_CASES"
 #: set by ``lvsconf run``: one progress line per finished case instead of pytest's letters
 PROGRESS_ENV = "LVSCONF_PROGRESS"
 
+#: what a declared divergence may raise: a failed conformance assertion, or this plugin's
+#: "scenario did not conform" failure (pytest.fail)
+DIVERGENCE_EXCEPTIONS = (AssertionError, pytest.fail.Exception)
+
 _selection_key = pytest.StashKey[Selection]()
 _session_key = pytest.StashKey["ConformanceSession"]()
 
@@ -101,7 +105,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 marks.append(pytest.mark.slow)
             reason = info.diverges.get(impl.name)
             if reason:
-                marks.append(pytest.mark.xfail(strict=True, reason=f"diverges: {reason}"))
+                # Only a conformance failure is the declared divergence: an implementation that
+                # fails to start, or a harness error, must stay a failure, not pass as DIVERGES.
+                marks.append(
+                    pytest.mark.xfail(
+                        strict=True, raises=DIVERGENCE_EXCEPTIONS, reason=f"diverges: {reason}"
+                    )
+                )
             name = f"{impl.name}@{lane}" if lane else impl.name
             params.append(
                 pytest.param((impl.name, family), id=f"{name}-{family.label}", marks=marks)

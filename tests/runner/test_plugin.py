@@ -112,9 +112,11 @@ def test_unsupported(case):
 '''
 
 
-def _run(tmp_path: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    tmp_path: Path, *args: str, cases: str = CASES, **env_extra: str
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "conftest.py").write_text(CONFTEST)
-    (tmp_path / "test_cases.py").write_text(textwrap.dedent(CASES))
+    (tmp_path / "test_cases.py").write_text(textwrap.dedent(cases))
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])
     )
@@ -279,7 +281,11 @@ def test_items_per_implementation_and_family_with_markers() -> None:
     assert set(marks["kernel-ipv4"]) == {"kernel", "slow"}
     assert set(marks["other-ipv6"]) == {"slow", "xfail"}
     xfail = marks["other-ipv6"]["xfail"]
-    assert xfail.kwargs == {"strict": True, "reason": "diverges: traced to core.c"}
+    assert xfail.kwargs == {
+        "strict": True,
+        "raises": plugin.DIVERGENCE_EXCEPTIONS,
+        "reason": "diverges: traced to core.c",
+    }
 
 
 def test_every_scenario_run_of_a_case_gets_a_fresh_director() -> None:
@@ -295,3 +301,22 @@ def test_every_scenario_run_of_a_case_gets_a_fresh_director() -> None:
     provider()
     provider()
     assert net.renewed == 2
+
+
+BROKEN_DIVERGENCE = """
+from conformance.runner.rules import rule
+from impl.types import IPV4
+
+@rule("unit-broken", source="nowhere", families=(IPV4,),
+      diverges={"fake": "declared, but the implementation never starts"})
+def test_broken(case):
+    raise RuntimeError("fake implementation failed to start")
+"""
+
+
+def test_a_declared_divergence_does_not_hide_an_implementation_error(tmp_path: Path) -> None:
+    """xfail(strict) alone would grade any exception as the declared divergence."""
+    proc = _run(tmp_path, "-v", cases=BROKEN_DIVERGENCE)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "test_broken[fake-ipv4] DIVERGES" not in proc.stdout
+    assert "fake implementation failed to start" in proc.stdout
