@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from conformance.runner.plugin import REQUIRE_CASES_ENV
 from conformance.runner.scenario_files import SUFFIX, ScenarioFileError, read_timeline
 from harness.implementations.registry import ImplError, resolve
 from impl.predict import bounded
+from lvsconf.commands.run import conformance_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,15 +53,28 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def check_argv(args: argparse.Namespace) -> list[str]:
-    """Validate the files and options; the pytest command line (raises ValueError)."""
+def check_argv(args: argparse.Namespace, staging: Path) -> list[str]:
+    """Validate the files and options; the pytest command line (raises ValueError).
+
+    A file outside the repository is copied into ``staging`` (inside it): pytest names items
+    relative to the repository, and a VM guest selects them by those names."""
+    repo = conformance_dir().parent
+    files = []
     for name in args.files:
         path = Path(name)
         if path.suffix != SUFFIX:
             raise ValueError(f"{name}: not a scenario file (name it *{SUFFIX})")
         read_timeline(path, name)  # a bad line is one line here, before pytest starts
+        if repo not in path.resolve().parents:
+            staging.mkdir(exist_ok=True)
+            copy = staging / path.name
+            if copy.exists():
+                raise ValueError(f"{name}: two files named {path.name} (rename one)")
+            shutil.copyfile(path, copy)
+            path = copy
+        files.append(str(path))
     resolve(args.impl)
-    argv = [*args.files, "-p", "no:cacheprovider", "-v" if args.verbose else "-q"]
+    argv = [*files, "-p", "no:cacheprovider", "-v" if args.verbose else "-q"]
     if args.impl:
         argv += ["--impl", args.impl]
     if args.kernel:
@@ -70,8 +85,16 @@ def check_argv(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    staging = conformance_dir().parent / f".lvsconf-check-{os.getpid()}"
     try:
-        argv = check_argv(args)
+        return _run(args, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, staging: Path) -> int:
+    try:
+        argv = check_argv(args, staging)
     except (ScenarioFileError, ImplError, ValueError) as exc:
         print(f"lvsconf check: {bounded(str(exc))}", file=sys.stderr)
         return 2
