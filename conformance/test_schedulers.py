@@ -162,6 +162,10 @@ def test_rr_skip(case: Case) -> None:
         "nftlb": "weighted nftlb rr is 'numgen inc mod <sum of weights> map { 0-3 : a, ... }' "
         "(src/nft.c): each cycle has the 4:3:2 proportions, but an edit that keeps the weight "
         "sum keeps the rule and its counter, so the walk does not restart at the head (measured)",
+        "keepalived": "an edit that changes nothing (ipvsadm -e with the same values) never "
+        "reaches IPVS through keepalived: a reload compares the new configuration with the old "
+        "and sends only differences (keepalived/check/ipwrapper.c clear_diff_services), so "
+        "ip_vs_wrr_dest_changed never runs and the walk does not restart at the head",
     },
 )
 def test_wrr(case: Case) -> None:

@@ -132,6 +132,13 @@ def unexpressible(scenario: Scenario) -> str | None:
                     f"service {service.key}: non-contiguous netmask (keepalived refuses a "
                     "persistence_granularity that is not solid)"
                 )
+    for service in services:
+        key = service.key
+        if not key.fwmark and key.vport == 0 and not service.persistent:
+            return (
+                f"non-persistent port-zero service {key}: keepalived makes it persistent "
+                '("zero port only valid for persistent services - setting", 360 s)'
+            )
     count = {c.service.key: len(c.dests) for c in scenario.services}
     nat_zero = [
         (c.service.key, d) for c in scenario.services for d in c.dests if d.fwd is Fwd.NAT

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -362,3 +363,13 @@ def test_as_programmed_applies_keepalived_port_corrections() -> None:
         (),
     )
     assert "FTP" in (unexpressible(nat_ftp) or "")
+
+
+def test_a_non_persistent_port_zero_service_is_unsupported() -> None:
+    svc = load_rules("-A -t 198.19.0.1:0 -s rr -p 60\n")[0].service
+    plain = Scenario(
+        "t", (ServiceConfig(replace(svc, timeout=None), (Dest(addresses.rip(IPV4, 0)),)),), ()
+    )
+    assert "makes it persistent" in (unexpressible(plain) or "")
+    sticky = Scenario("t", (ServiceConfig(svc, (Dest(addresses.rip(IPV4, 0)),)),), ())
+    assert unexpressible(sticky) is None
