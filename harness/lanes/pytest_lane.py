@@ -279,6 +279,13 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         records = failed_records(f"kernel lane {run.name}: {run.error}", when="setup")
     else:
         if run.results is None:
+            # waiting for the VM lock and the whole guest run happen inside this first item's
+            # protocol: pytest-timeout's per-case timer (lvsconf run --case-timeout) must not
+            # cut them short (measured: 600 s spent waiting for another run's guest killed the
+            # session); the guest run has its own bound (LVSCONF_GUEST_TIMEOUT)
+            cancel = getattr(item.config.pluginmanager.hook, "pytest_timeout_cancel_timer", None)
+            if cancel is not None:
+                cancel(item=item)
             _obtain_results(state, run)
         assert run.results is not None
         records = run.results.get(guest_nodeid(item.nodeid, run.label))

@@ -217,3 +217,32 @@ def test_a_lane_that_produced_nothing_is_an_error_a_lost_case_a_failure() -> Non
     ]
     lost = pytest_lane.failed_records("kernel lane (sid): guest lost")
     assert [r["outcome"] for r in lost] == ["passed", "failed", "passed"]
+
+
+def test_waiting_for_the_guest_is_not_cut_by_the_per_case_timeout(
+    pytester: pytest.Pytester, fake_apt: Path
+) -> None:
+    """The first item of a lane waits for the VM lock and the whole guest run; pytest-timeout's
+    per-case timer must not kill the session there (it did after 600 s of waiting)."""
+    slow = MULTI_CONFTEST.replace(
+        "def fake_run_guest(state, lane_run, d):\n",
+        "def fake_run_guest(state, lane_run, d):\n    import time; time.sleep(2.5)\n",
+    )
+    pytester.makeconftest(slow)
+    pytester.makepyfile(test_multi=MULTI_CASES)
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "harness.lanes.pytest_lane",
+        "-p",
+        "no:lvsconf",
+        "-p",
+        "no:cacheprovider",
+        "--timeout",
+        "1",
+        "--kernel",
+        "sid,bullseye",
+        "-k",
+        "not nosuchsuite",
+    )
+    result.assert_outcomes(passed=3)
+    assert "Timeout" not in result.stdout.str() + result.stderr.str()
