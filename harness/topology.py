@@ -21,7 +21,8 @@ Every real server is universal (IPVS sets the forwarding method per dest, a scen
 them): VIPs on lo with arp_ignore=1/arp_announce=2 (DR), default route via DIP (NAT return path;
 DR/TUN replies with source VIP also go through the director, which accepts its own VIP as a
 source with accept_local=1), rp_filter=0, and tunl0/ip6tnl0 up where the kernel has them (TUN).
-``Net.decap[i]`` says whether rs i can decapsulate; without ipip it is capture-only.
+``RealServer.decap`` says whether a real server can decapsulate; without ipip it is
+capture-only.
 
 Names: namespaces ``<run prefix><id>-cli|-dir|-rsN``, links ``<run prefix><id><role>``,
 all <= 15 characters. MACs are fixed per role, so neighbour caches of the client and real
@@ -162,6 +163,22 @@ def _mac(role: int, index: int, side: int) -> str:
 
 
 @dataclass(eq=False)
+class RealServer:
+    """One real server: its namespace and the veth pair joining it to the director's bridge."""
+
+    index: int  # 0-based: rs1 is 0
+    node: Node
+    ifname: str  # its end of the link (in the real server's namespace)
+    director_port: str  # the director's end, a port of the bridge
+    decap: bool = False  # can decapsulate IPIP / IPv6-in-IPv6 (set once its tunnels are up)
+
+    @property
+    def mac(self) -> str:
+        """MAC of its link (fixed, so it survives renew_director())."""
+        return _mac(3, self.index + 1, 1)
+
+
+@dataclass(eq=False)
 class Net:
     """A built topology. Attributes name the namespaces and links; see the module docstring."""
 
@@ -170,19 +187,21 @@ class Net:
     id: str
     client: Node
     director: Node
-    rs: list[Node]
+    real_servers: list[RealServer]
     client_if: str
     director_client_if: str
     director_bridge: str
-    director_ports: list[str]
-    rs_if: list[str]
-    decap: list[bool]
     features: KernelFeatures
     renewals: int = 0
 
+    @property
+    def rs(self) -> list[Node]:
+        """The real servers' namespaces, in order (rs1 first)."""
+        return [r.node for r in self.real_servers]
+
     def rs_mac(self, index: int) -> str:
         """MAC of rs[index]'s segment interface."""
-        return _mac(3, index + 1, 1)
+        return self.real_servers[index].mac
 
     def director_mac(self) -> str:
         """MAC of the director's bridge (the DIP's link address)."""
@@ -220,7 +239,7 @@ class Net:
         try:
             wait_until(self._peers_gone, RENEW_GRACE, "the old director's links to go")
         except TopologyError:
-            ends = [(self.client, self.client_if), *zip(self.rs, self.rs_if, strict=True)]
+            ends = [(self.client, self.client_if), *((r.node, r.ifname) for r in self.real_servers)]
             for node, ifname in ends:
                 with node.ipr() as ipr:
                     try:
@@ -237,9 +256,9 @@ class Net:
         with self.client.ipr() as ipr:
             if ipr.link_lookup(ifname=self.client_if):
                 return False
-        for i, node in enumerate(self.rs):
-            with node.ipr() as ipr:
-                if ipr.link_lookup(ifname=self.rs_if[i]):
+        for r in self.real_servers:
+            with r.node.ipr() as ipr:
+                if ipr.link_lookup(ifname=r.ifname):
                     return False
         return True
 
@@ -288,8 +307,8 @@ def _configure_client(net: Net) -> None:
             )
 
 
-def _configure_rs(net: Net, i: int) -> None:
-    node = net.rs[i]
+def _configure_rs(net: Net, rs: RealServer) -> None:
+    node = rs.node
     for conf in ("all", "default", "lo"):
         node.sysctl(f"net/ipv4/conf/{conf}/arp_ignore", 1)
         node.sysctl(f"net/ipv4/conf/{conf}/arp_announce", 2)
@@ -311,7 +330,7 @@ def _configure_rs(net: Net, i: int) -> None:
             if not found:
                 # no per-namespace fallback device (net.core.fb_tunnels_only_for_init_net):
                 # a tunnel without endpoints catches the same packets
-                ifname = f"{net.rs_if[i]}{'t' if fam is IPV4 else 's'}"
+                ifname = f"{rs.ifname}{'t' if fam is IPV4 else 's'}"
                 try:
                     ipr.link("add", ifname=ifname, kind=kind)
                 except NetlinkError as exc:
@@ -326,7 +345,7 @@ def _configure_rs(net: Net, i: int) -> None:
                 node.sysctl(f"net/ipv4/conf/{ifname}/rp_filter", 0)
             up.add(fam)
     # capture-only unless every family of the topology has its decapsulation device up
-    net.decap[i] = up == set(net.topology.families)
+    rs.decap = up == set(net.topology.families)
 
 
 def _build_director(net: Net) -> None:
@@ -371,15 +390,15 @@ def _build_director(net: Net) -> None:
         for fam in fams:
             _addr(dip, br, addresses.DIP[fam], addresses.RS_PREFIX[fam])
         dip.link("set", index=br, state="up")
-        for i, node in enumerate(net.rs):
+        for r in net.real_servers:
             dip.link(
                 "add",
-                ifname=net.director_ports[i],
+                ifname=r.director_port,
                 kind="veth",
-                address=_mac(2, i + 1, 2),
-                peer={"ifname": net.rs_if[i], "net_ns_fd": node.netns, "address": net.rs_mac(i)},
+                address=_mac(2, r.index + 1, 2),
+                peer={"ifname": r.ifname, "net_ns_fd": r.node.netns, "address": r.mac},
             )
-            port = dip.link_lookup(ifname=net.director_ports[i])[0]
+            port = dip.link_lookup(ifname=r.director_port)[0]
             dip.link("set", index=port, master=br, state="up")
         for fam in fams:
             dip.route(
@@ -406,11 +425,12 @@ def _build_director(net: Net) -> None:
                 oif=ci,
                 family=int(fam),
             )
-    for i, node in enumerate(net.rs):
+    for r in net.real_servers:
+        node = r.node
         with node.ipr() as ipr:
-            ri = ipr.link_lookup(ifname=net.rs_if[i])[0]
+            ri = ipr.link_lookup(ifname=r.ifname)[0]
             for fam in fams:
-                _addr(ipr, ri, addresses.rip(fam, i), addresses.RS_PREFIX[fam])
+                _addr(ipr, ri, addresses.rip(fam, r.index), addresses.RS_PREFIX[fam])
             ipr.link("set", index=ri, state="up")
             for fam in fams:
                 ipr.route(
@@ -420,8 +440,8 @@ def _build_director(net: Net) -> None:
                     oif=ri,
                     family=int(fam),
                 )
-        node.sysctl(f"net/ipv4/conf/{net.rs_if[i]}/arp_ignore", 1)
-        node.sysctl(f"net/ipv4/conf/{net.rs_if[i]}/arp_announce", 2)
+        node.sysctl(f"net/ipv4/conf/{r.ifname}/arp_ignore", 1)
+        node.sysctl(f"net/ipv4/conf/{r.ifname}/arp_announce", 2)
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
@@ -452,9 +472,13 @@ def _links_up(node: Node, ifnames: list[str]) -> Callable[[], bool]:
 
 def _wait_ready(net: Net) -> None:
     checks = [
-        (net.director, [net.director_client_if, net.director_bridge, *net.director_ports]),
+        (
+            net.director,
+            [net.director_client_if, net.director_bridge]
+            + [r.director_port for r in net.real_servers],
+        ),
         (net.client, [net.client_if]),
-        *[(node, [net.rs_if[i]]) for i, node in enumerate(net.rs)],
+        *[(r.node, [r.ifname]) for r in net.real_servers],
     ]
     for node, ifnames in checks:
         wait_until(
@@ -482,13 +506,18 @@ def build(topology: Topology, run: runs.Run | None = None) -> Iterator[Net]:
         id=tid,
         client=Node("client", run.name(f"{tid}-cli")),
         director=Node("director", run.name(f"{tid}-dir")),
-        rs=[Node(f"rs{i + 1}", run.name(f"{tid}-rs{i + 1}")) for i in range(n)],
+        real_servers=[
+            RealServer(
+                index=i,
+                node=Node(f"rs{i + 1}", run.name(f"{tid}-rs{i + 1}")),
+                ifname=f"{p}r{i + 1}",
+                director_port=f"{p}p{i + 1}",
+            )
+            for i in range(n)
+        ],
         client_if=f"{p}c",
         director_client_if=f"{p}d",
         director_bridge=f"{p}br",
-        director_ports=[f"{p}p{i + 1}" for i in range(n)],
-        rs_if=[f"{p}r{i + 1}" for i in range(n)],
-        decap=[False] * n,  # set per real server once its tunnel devices are up
         features=features,
     )
     with runs.sigterm_as_interrupt(), contextlib.ExitStack() as stack:
@@ -500,8 +529,8 @@ def build(topology: Topology, run: runs.Run | None = None) -> Iterator[Net]:
         for node in (net.client, *net.rs):
             _base_sysctls(node)
         _configure_client(net)
-        for i in range(n):
-            _configure_rs(net, i)
+        for rs in net.real_servers:
+            _configure_rs(net, rs)
         _build_director(net)
         _wait_ready(net)
         yield net

@@ -153,7 +153,7 @@ def quiet_endpoints(net: Net) -> None:
     A real server that cannot decapsulate also drops tunnelled packets (else it would answer
     ICMP protocol unreachable). Idempotent; done once per namespace.
     """
-    nodes = [(net.client, False)] + [(n, not net.decap[i]) for i, n in enumerate(net.rs)]
+    nodes = [(net.client, False)] + [(r.node, not r.decap) for r in net.real_servers]
     for node, drop_tunnels in nodes:
         ident = _ns_identity(node)
         if ident in _quieted:
@@ -358,8 +358,7 @@ class Session:
         with ExitStack() as stack:
             self.client = stack.enter_context(client_capture(net.client, net.client_if))
             self.rs: list[Capture] = [
-                stack.enter_context(rs_capture(node, net.rs_if[i], i))
-                for i, node in enumerate(net.rs)
+                stack.enter_context(rs_capture(r.node, r.ifname, r.index)) for r in net.real_servers
             ]
             sender = net.client.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
             stack.callback(sender.close)

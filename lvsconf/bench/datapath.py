@@ -72,7 +72,7 @@ def _frames(net: Net, family: Family, dsts: list[IPAddress], flows: int, size: i
 
 
 def _delivered(net: Net) -> Callable[[], int]:
-    handles = [(node.ipr(), net.rs_if[i]) for i, node in enumerate(net.rs)]
+    handles = [(r.node.ipr(), r.ifname) for r in net.real_servers]
 
     def total() -> int:
         n = 0

@@ -75,7 +75,7 @@ def _route_vip0_to_rs1(net: Net) -> None:
 def rx_packets(net: Net, rs: int) -> int:
     """rs ``rs``'s segment interface rx_packets, read by netlink inside its namespace."""
     with net.rs[rs].ipr() as ipr:
-        link = ipr.link("get", ifname=net.rs_if[rs])[0]
+        link = ipr.link("get", ifname=net.real_servers[rs].ifname)[0]
     stats = link.get("IFLA_STATS64") or link.get("IFLA_STATS")
     return int(stats["rx_packets"])
 
@@ -87,7 +87,7 @@ def raw_loop(net: Net, flows: list[Flow]) -> tuple[int, float]:
     frames = [build_frame(f, s, src, dst) for f, s in zip(flows, stamps, strict=True)]
     sender = net.client.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     sender.bind((net.client_if, 0))
-    with sender, rs_capture(net.rs[0], net.rs_if[0], 0) as cap:
+    with sender, rs_capture(net.rs[0], net.real_servers[0].ifname, 0) as cap:
         sock = cap.sock
         sock.setblocking(True)
         sock.settimeout(2.0 * slowdown())

@@ -74,14 +74,14 @@ def test_each_method_has_the_reachability_it_needs(lvs_run: runs.Run, method: Fw
                     dip = addresses.DIP[fam]
                     assert udp_delivered(net.director, dip, rs, rip) == str(dip)
                     # capture-only exactly when the kernel lacks the tunnel drivers
-                    assert net.decap[i] == (net.features.ipip and net.features.ip6tnl)
+                    assert net.real_servers[i].decap == (net.features.ipip and net.features.ip6tnl)
 
 
 def test_universal_real_server_configuration(net: Net) -> None:
     """Every RS is ready for DR, NAT and TUN at once; the director forwards and owns the VIPs."""
     for i, rs in enumerate(net.rs):
         assert rs.read_sysctl("net/ipv4/conf/all/arp_ignore") == "1"
-        assert rs.read_sysctl(f"net/ipv4/conf/{net.rs_if[i]}/arp_announce") == "2"
+        assert rs.read_sysctl(f"net/ipv4/conf/{net.real_servers[i].ifname}/arp_announce") == "2"
         assert rs.read_sysctl("net/ipv4/conf/all/rp_filter") == "0"
         with rs.ipr() as ipr:
             local = {a.get_attr("IFA_ADDRESS") for a in ipr.addr("dump", index=1)}
@@ -89,7 +89,7 @@ def test_universal_real_server_configuration(net: Net) -> None:
             routes = ipr.route("get", dst=str(addresses.cip(IPV4)))
             assert routes[0].get_attr("RTA_GATEWAY") == str(addresses.DIP[IPV4])
         with rs.ipr() as ipr:
-            link = ipr.link("get", index=rs.ifindex(net.rs_if[i]))[0]
+            link = ipr.link("get", index=rs.ifindex(net.real_servers[i].ifname))[0]
             assert link.get_attr("IFLA_ADDRESS") == net.rs_mac(i)
     assert net.director.read_sysctl("net/ipv4/ip_forward") == "1"
     assert net.director.read_sysctl("net/ipv6/conf/all/forwarding") == "1"
@@ -186,7 +186,8 @@ def test_build_time_and_teardown_leaves_nothing(lvs_run: runs.Run) -> None:
         took = time.monotonic() - t0
         names = [n.netns for n in net.nodes]
         assert all(n in runs.list_netns() for n in names)
-        assert all(len(n) <= 15 for n in names + [net.client_if, *net.director_ports, *net.rs_if])
+        links = [net.client_if] + [n for r in net.real_servers for n in (r.ifname, r.director_port)]
+        assert all(len(n) <= 15 for n in names + links)
         assert all(n.startswith(lvs_run.prefix) for n in names)
     assert not set(names) & set(runs.list_netns())
     print(f"build: {took * 1000:.0f} ms")
@@ -262,7 +263,7 @@ def test_tun_real_server_decapsulates(net: Net, family: Family) -> None:
     from scapy.layers.inet import IP, UDP
     from scapy.layers.inet6 import IPv6
 
-    if not net.decap[0]:
+    if not net.real_servers[0].decap:
         pytest.skip(
             net.features.missing("ipip" if family is IPV4 else "ip6tnl")
             or "real server has no decapsulation device"
