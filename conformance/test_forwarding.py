@@ -67,7 +67,7 @@ def test_dport(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     got = [(o.kind, o.rs, o.port) for o in r.observed]
     assert got == [
@@ -106,7 +106,7 @@ def test_nat_rewrite(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     tcp, udp = r.observed
     assert (tcp.kind, tcp.rs, tcp.addr, tcp.port, tcp.encapsulated) == (
@@ -153,7 +153,7 @@ def test_dr_keeps_vip(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     tcp, udp = r.observed
     assert (tcp.kind, tcp.rs, tcp.addr, tcp.port, tcp.encapsulated) == (
@@ -197,7 +197,7 @@ def test_tun_encap(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     for o in r.observed:
         assert (o.kind, o.rs, o.addr, o.port, o.encapsulated) == (

@@ -79,7 +79,7 @@ def test_normal_key(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) is not None and r.rs(2) == r.rs(0), "same client, same server"
     assert r.rs(3) is not None and r.rs(3) != r.rs(0), (
@@ -138,7 +138,7 @@ def _check_masked_grouping(case: Case, name: str, netmask: int, plen: int) -> No
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) is not None and r.rs(2) == r.rs(0), f"same /{plen}, same server"
     assert r.rs(1) is not None and r.rs(1) != r.rs(0), f"another /{plen}, own template"
@@ -181,7 +181,7 @@ def test_fwmark_any_port_same_rs(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) is not None and r.rs(0) == r.rs(2) == r.rs(3), (
         "every marked flow of the client reaches one server"
@@ -224,7 +224,7 @@ def test_port_zero(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) is not None and r.rs(2) == r.rs(0), "one server for the client"
     assert (r.observed[0].port, r.observed[2].port) == (22, 3306), "each flow keeps its own port"
@@ -259,7 +259,7 @@ def test_ftp_key(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert (r.rs(0), r.rs(1)) == (0, 1)
     assert r.observed[1].port == 8080, "NAT forwards to the dest port"
@@ -340,7 +340,7 @@ def test_sip(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) is not None and r.rs(1) is not None and r.rs(1) != r.rs(0), (
         "same Call-ID from another network: own template, rr moves on"

@@ -50,7 +50,7 @@ def test_ops(case: Case) -> None:
         ),
         steps=(datagram(1), datagram(2), datagram(3)),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     rotating = [r.rs(i) for i in (0, 3, 6)]
     sticky = [r.rs(i) for i in (1, 4, 7)]
@@ -86,7 +86,7 @@ def test_ops_udp_only(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) is not None and r.rs(2) == r.rs(0), "TCP keeps its connection"
     assert None not in (r.rs(1), r.rs(3)) and r.rs(1) != r.rs(3), (
@@ -131,7 +131,7 @@ def test_icmp(case: Case) -> None:
             Send((case.flow(TCP, case.cip(0, 1), 40001, case.vip(0), 80),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert [o.kind for o in r.observed[:3]] == ["local"] * 3, (
         "every ping is answered by the director (echo reply from the VIP)"
@@ -172,7 +172,7 @@ def test_sctp_init(case: Case) -> None:
             Send((_sctp(case, 40003, "data"),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     kinds = [o.kind for o in r.observed]
     assert kinds[0] == "forward", "INIT is scheduled"
@@ -198,7 +198,7 @@ def test_sctp_abort_never(case: Case) -> None:
             Send((_sctp(case, 40002, "abort"),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert [o.kind for o in r.observed] == ["dropped", "dropped"], (
         "an ABORT is never balanced nor answered"

@@ -61,7 +61,7 @@ def test_order(case: Case) -> None:
         services=(ServiceConfig(Service(key, "rr"), case.dests(1, 1, 1)),),
         steps=(Send(new_flows(case, TCP, 0, 80, 4)),),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert picks(r) == [2, 1, 0, 2], "rr over dests added rs1, rs2, rs3: rs3, rs2, rs1"
 
@@ -89,7 +89,7 @@ def test_rr_add(case: Case) -> None:
             Send(new_flows(case, TCP, 0, 80, 3, first=1)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert picks(r) == [1, 0, 2, 1], "b, then a, then wrap to the new c, then b"
 
@@ -117,7 +117,7 @@ def test_rr_del(case: Case) -> None:
             Send(new_flows(case, TCP, 0, 80, 2, first=2)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert picks(r) == [2, 1, 0, 2], "after deleting rs2 the next pick is rs1"
 
@@ -146,7 +146,7 @@ def test_rr_skip(case: Case) -> None:
             )
         )
     scenario = Scenario(services=tuple(configs), steps=tuple(steps))
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     for n, sched in enumerate(scheds):
         got = picks(r, list(range(4 * n, 4 * n + 4)))
@@ -187,7 +187,7 @@ def test_wrr(case: Case) -> None:
         services=(ServiceConfig(Service(key, "wrr"), (c, b, a)),),  # listed a, b, c
         steps=(datagrams(0, 14), EditDest(key, b), datagrams(14, 3)),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     got = picks(r)
     assert Counter(got[3:12]) == Counter({0: 4, 1: 3, 2: 2}), "one full cycle gives weights 4:3:2"
@@ -232,7 +232,7 @@ def test_sh(case: Case) -> None:
             _sh_clients(case, 3, (45000,)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     got = picks(r)
     plain, port, refuse, fallback = got[0:16], got[16:32], got[32:40], got[40:48]
@@ -275,7 +275,7 @@ def test_mh(case: Case) -> None:
         services=(ServiceConfig(Service(key, "mh", sched_flags=SvcFlag.SCHED1), ds),),
         steps=(round_(40000), EditDest(key, dataclasses.replace(ds[1], weight=0)), round_(41000)),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     before, after = picks(r)[:n], picks(r)[n:]
     assert None not in before and None not in after
@@ -301,7 +301,7 @@ def test_dh(case: Case) -> None:
         ),
         steps=(Send(new_flows(case, TCP, 0, 80, 6) + new_flows(case, TCP, 1, 80, 6, net=1)),),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     got = picks(r)
     for v in (0, 1):
@@ -340,7 +340,7 @@ def test_lc_wlc(case: Case) -> None:
             Send(new_flows(case, TCP, 1, 80, 6, net=1)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     got = picks(r)
     assert None not in got
@@ -370,7 +370,7 @@ def test_sed_nq(case: Case) -> None:
         ),
         steps=(Send(new_flows(case, TCP, 0, 80, 3) + new_flows(case, TCP, 1, 80, 4, net=1)),),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     got = picks(r)
     assert got[:3] == [2, 1, 0], "nq: idle dests in list order, weights ignored"
@@ -392,7 +392,7 @@ def test_fo_ovf(case: Case) -> None:
         ),
         steps=(Send(new_flows(case, TCP, 0, 80, 4) + new_flows(case, TCP, 1, 80, 4, net=1)),),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     got = picks(r)
     assert got[:4] == [2, 2, 2, 2], "fo: highest weight, first of the tie (rs3)"
@@ -425,7 +425,7 @@ def test_overload(case: Case) -> None:
             Send(new_flows(case, UDP, 0, 53, 3, first=7)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     got = picks(r)
     assert None not in got

@@ -66,7 +66,7 @@ def test_fwmark_wins(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     marked = [r.rs(i) for i in range(4)]
     assert all(rs in (0, 1) for rs in marked), (
@@ -103,7 +103,7 @@ def test_fwmark_af(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 1, "marked IPv6 flow must use the IPv6 exact service (rs2)"
     assert r.rs(1) == 0, "marked IPv4 flow must use the IPv4 fwmark service (rs1)"
@@ -137,7 +137,7 @@ def test_ftp_fallback(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.observed[2].kind == "forward", "VIP:5000 must be balanced"
     assert r.rs(2) == r.rs(0), "VIP:5000 must follow the client's :21 server"
@@ -165,7 +165,7 @@ def test_ftp_fallback_nonpersistent(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.observed[0].kind == "forward", "VIP:21 must be balanced"
     assert r.observed[1].kind == "local", "VIP:5000 must reach the director's stack"
@@ -204,7 +204,7 @@ def test_ftp_vs_portzero(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert [r.rs(i) for i in range(4)] == [0, 0, 2, 2], (
         "ports 5000 and 20 -> :21 service (rs1), 22 and 1023 -> :0 service (rs3)"
@@ -248,7 +248,7 @@ def test_nonpersist_port0(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert [o.kind for o in r.observed] == ["unreachable"] * 3
 
@@ -293,7 +293,7 @@ def test_ftpdata_sport(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario, allow_ftpdata=True)
+    r = case.play(scenario, allow_ftpdata=True)
     r.assert_conforms()
     assert [o.kind for o in r.observed[:3]] == ["local", "local", "unreachable"], (
         "source port 20 reaches the director's stack (RST, RST, ICMP port unreachable)"
@@ -330,7 +330,7 @@ def test_tcp_nonsyn(case: Case) -> None:
             Send((case.flow(TCP, case.cip(0, 1), 40002, case.vip(0), 80, kind="ack"),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.observed[0].kind == "local", "ACK without sloppy_tcp: not balanced"
     assert r.observed[1].kind == "forward", "ACK with sloppy_tcp=1: balanced"
@@ -353,7 +353,7 @@ def test_tcp_rst_never(case: Case) -> None:
             Send((case.flow(TCP, case.cip(0, 1), 40002, case.vip(0), 80, kind="rst"),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert [o.kind for o in r.observed] == ["dropped", "dropped"], (
         "a RST is never balanced and never answered"
@@ -392,7 +392,7 @@ def test_udp_any(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) is not None and r.rs(1) is not None
     assert r.rs(0) != r.rs(1), "rr spreads two new connections"
@@ -430,7 +430,7 @@ def test_conn_sticks(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 2, "rr's first pick is the newest dest (rs3)"
     assert r.rs(1) == r.rs(0), "the ACK follows its connection to the weight-0 server"
@@ -468,6 +468,6 @@ def test_no_dest(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert [o.kind for o in r.observed] == ["unreachable", "unreachable", "local", "unreachable"]

@@ -65,7 +65,7 @@ def test_invalidated_later_flows(case: Case) -> None:
             Send((case.flow(TCP, moved, 40006, vip, 80),)),  # still the new template
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 2 and r.rs(1) == 1 and r.rs(2) == 1, "rr: rs3, then rs2"
     assert r.rs(3) not in (None, 2), "removed server: rescheduled"
@@ -100,7 +100,7 @@ def test_dest_port_65535(case: Case) -> None:
             Send((case.flow(TCP, client, 40002, case.vip(0), 65535),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 2, "rr's first pick is rs3"
     _server_by_level(case, r, 1, (1, 2))  # 7.2: invisible template, rr moves on; else sticky
@@ -141,7 +141,7 @@ def test_ffff_key_lookup(case: Case) -> None:
             Send((case.flow(TCP, client, 40003, vip, 65535),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 2 and r.rs(1) not in (None, 2), "rs3, then rescheduled"
     _server_by_level(case, r, 2, (1, 2))  # 7.2: its own rr (rs2); else the FFFF template (rs3)
@@ -185,7 +185,7 @@ def test_sip_invalidated_revive(case: Case) -> None:
             call(40003, "c"),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     last = len(r.flows) - 1
     assert r.rs(0) == 2 and r.rs(1) == 1, "rs3, then rs2 (rs3 quiesced)"

@@ -90,7 +90,7 @@ def test_expiry_ops(case: Case) -> None:
             Send((case.flow(UDP, client, 40003, case.vip(0), 53),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) is not None and r.rs(1) == r.rs(0), "within T: same server"
     assert r.rs(2) is not None and r.rs(2) != r.rs(0), (
@@ -137,7 +137,7 @@ def test_refresh_on_new_conn(case: Case) -> None:
         ),
         steps=tuple(steps),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     new_rs = [o.rs for f, o in zip(r.flows, r.observed, strict=True) if f.saddr == c_new]
     assert new_rs[0] is not None and new_rs == [new_rs[0]] * 5, (
@@ -175,7 +175,7 @@ def test_extension_60s(case: Case) -> None:
             Send((case.flow(TCP, client, 40002, case.vip(0), 80),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) is not None and r.rs(1) == r.rs(0), (
         "the template outlives T while it controls a connection"
@@ -218,7 +218,7 @@ def test_extension_sticky_60(case: Case) -> None:
             Send(conn(40003, "syn")),  # t~7.2: past 4.2+T, well within 4.2+60
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     servers = {r.rs(i) for i in range(len(r.flows))}
     assert len(servers) == 1 and None not in servers, (
@@ -262,7 +262,7 @@ def test_extension_expires(case: Case) -> None:
             Send((case.flow(TCP, client, 40002, vip, 80),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) is not None and r.rs(1) == r.rs(2) == r.rs(0)
     assert r.rs(3) is not None and r.rs(3) != r.rs(0), (
@@ -297,7 +297,7 @@ def test_removed_dest(case: Case) -> None:
             Send((case.flow(UDP, case.cip(1, 1), 40003, case.vip(0), 53),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 2, "rr's first pick is rs3"
     assert r.rs(1) is not None and r.rs(1) != 2, "removed server: rescheduled"
@@ -342,7 +342,7 @@ def test_revive(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 2, "rr's first pick is rs3"
     assert r.rs(2) == 2, "the client returns to its revived server"
@@ -374,7 +374,7 @@ def test_weight0_default(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 2 and r.rs(1) == 2, "the persistent client stays on rs3"
     assert r.rs(2) not in (None, 2) and r.rs(3) not in (None, 2), (
@@ -402,7 +402,7 @@ def test_weight0_quiescent(case: Case) -> None:
             Send((case.flow(TCP, client, 40002, case.vip(0), 80),)),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 2, "rr's first pick is rs3"
     assert r.rs(1) not in (None, 2), "the client leaves the weight-0 server"
@@ -440,7 +440,7 @@ def test_removed_dest_conn(case: Case) -> None:
             again(2),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 2, "rr's first pick is rs3"
     assert r.observed[1].kind == "dropped", "expire_nodest_conn=0: dropped"
@@ -470,7 +470,7 @@ def test_port_reuse(case: Case) -> None:
             Send((case.flow(TCP, client, 40001, case.vip(0), 80),)),  # reuses 40001's tuple
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 2, "rr's first pick is rs3"
     assert r.rs(1) not in (None, 2), "the new connection is rescheduled"
@@ -503,7 +503,7 @@ def test_counters(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert r.rs(0) == 2 and r.rs(2) == 2, "the pinned client stays on rs3"
     assert r.rs(1) == 2, "the bare template does not load rs3 for lc"
@@ -540,7 +540,7 @@ def test_proc_format(case: Case) -> None:
             ),
         ),
     )
-    r = case.run(scenario)
+    r = case.play(scenario)
     r.assert_conforms()
     assert (r.rs(0), r.rs(1), r.rs(2)) == (0, 0, 1)
     observed = r.templates_observed[0]

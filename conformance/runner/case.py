@@ -1,6 +1,6 @@
 """Running one conformance case: a scenario on an implementation and on the model, then grading.
 
-:class:`Case` is what a conformance test receives (the ``case`` fixture). ``case.run(scenario)``
+:class:`Case` is what a conformance test receives (the ``case`` fixture). ``case.play(scenario)``
 builds the reference model, installs the implementation into a fresh director, and walks the
 scenario one step at a time on both: each Send is predicted by the model at the director's real
 elapsed time and observed on the wire; Advance waits on the director's clock (a deadline wait);
@@ -95,9 +95,9 @@ def _default_model_factory(scenario: Scenario, level: KernelLevel) -> Model:
 def _default_traffic(
     net: Net, flows: Sequence[Flow], mode: Mode, *, allow_ftpdata: bool = False
 ) -> list[Outcome]:
-    from harness.traffic.engine import run
+    from harness.traffic.engine import send_flows
 
-    return [r.outcome for r in run(net, list(flows), mode=mode, allow_ftpdata=allow_ftpdata)]
+    return [r.outcome for r in send_flows(net, list(flows), mode=mode, allow_ftpdata=allow_ftpdata)]
 
 
 def scheduler_is_exact(service: Service, level: KernelLevel) -> bool:
@@ -182,7 +182,7 @@ class Case:
     def result(self) -> CaseResult | None:
         return self.results[-1] if self.results else None
 
-    def run(self, scenario: Scenario, *, allow_ftpdata: bool = False) -> CaseResult:
+    def play(self, scenario: Scenario, *, allow_ftpdata: bool = False) -> CaseResult:
         """Run ``scenario`` on the implementation and on the model, step by step, and grade.
 
         ``allow_ftpdata``: the traffic engine sends source port 20, which it refuses by default

@@ -263,7 +263,7 @@ def fuzz(
         else:
             state["examples"] += 1
         try:
-            result = case.run(scenario, allow_ftpdata=any(f.sport == 20 for f in scenario.flows()))
+            result = case.play(scenario, allow_ftpdata=any(f.sport == 20 for f in scenario.flows()))
         except Unsupported:
             reject()
         except ModelError:

@@ -274,7 +274,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, Any, Any]
         if not case_obj.results:
             pytest.fail(
                 "case passed without running a scenario (never a vacuous green): "
-                "call case.run(scenario) and check its result",
+                "call case.play(scenario) and check its result",
                 pytrace=False,
             )
         bad = next((r for r in case_obj.results if r.verdict == "fail"), None)

@@ -5,7 +5,7 @@ A case is a test function taking the ``case`` fixture::
     @rule("fwmark-any-port-same-rs", source="core.c ip_vs_sched_persist 305-338")
     def test_fwmark_template_ignores_vaddr_and_vport(case: Case) -> None:
         '''One client, one mark: every marked flow reaches one real server.'''
-        case.run(scenario).assert_conforms()
+        case.play(scenario).assert_conforms()
 
 The decorator records the rule in :data:`REGISTRY` and on the function (``__lvs_rule__``), where
 the pytest plugin (:mod:`conformance.runner.plugin`) finds it to parametrise the ``case``

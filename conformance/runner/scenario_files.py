@@ -8,7 +8,7 @@ conformance plugin parametrises over implementations like a hand-written case: t
 the same file by its node id). The rule id is ``scenario-<file stem>``; the family is the
 scenario's own (its addresses say it); the rule text is the file's leading comment.
 
-The case passes when the implementation matches the model (``case.run``) and the model keeps
+The case passes when the implementation matches the model (``case.play``) and the model keeps
 every ``expect`` line of the file.
 """
 
@@ -118,7 +118,7 @@ def make_test(path: Path, shown: str) -> Any:
 
     def test_scenario(case: Case) -> None:
         ftp_data = any(f.sport == 20 for f in scenario.flows())
-        result = case.run(scenario, allow_ftpdata=ftp_data)
+        result = case.play(scenario, allow_ftpdata=ftp_data)
         broken = expect_failures(timeline, result.model_decisions, shown)
         if broken:
             pytest.fail("\n".join(broken), pytrace=False)

@@ -17,8 +17,8 @@ from harness.traffic.engine import (
     Report,
     TrafficError,
     quiet_endpoints,
-    run,
-    run_report,
+    send_flows,
+    send_flows_report,
     slowdown,
     unquiet_endpoints,
 )
@@ -29,8 +29,8 @@ __all__ = [
     "Report",
     "TrafficError",
     "quiet_endpoints",
-    "run",
-    "run_report",
+    "send_flows",
+    "send_flows_report",
     "slowdown",
     "unquiet_endpoints",
 ]

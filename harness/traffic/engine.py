@@ -1,4 +1,5 @@
-"""Send flows from the client, observe where each one went: ``run(net, flows) -> [FlowResult]``.
+"""Send flows from the client and observe where each one went:
+``send_flows(net, flows) -> [FlowResult]``.
 
 What is observed, per flow (first observation wins, a forwarded copy beats an answer):
 
@@ -424,7 +425,7 @@ class Session:
         self.close()
 
 
-def run_report(
+def send_flows_report(
     net: Net,
     flows: Iterable[Flow],
     mode: Mode = "ordered",
@@ -478,7 +479,7 @@ def run_report(
     return Report(tracker.results(), tracker.stray, time.monotonic() - started)
 
 
-def run(
+def send_flows(
     net: Net,
     flows: Iterable[Flow],
     mode: Mode = "ordered",
@@ -489,8 +490,8 @@ def run(
     allow_ftpdata: bool = False,
 ) -> list[FlowResult]:
     """Send ``flows`` and return one :class:`FlowResult` per flow, in order (``allow_ftpdata``:
-    see :func:`run_report`)."""
-    return run_report(
+    see :func:`send_flows_report`)."""
+    return send_flows_report(
         net, flows, mode, bound, settle=settle, quiet=quiet, allow_ftpdata=allow_ftpdata
     ).results
 
@@ -499,8 +500,8 @@ __all__ = [
     "FlowResult",
     "Report",
     "Mode",
-    "run",
-    "run_report",
+    "send_flows",
+    "send_flows_report",
     "slowdown",
     "quiet_endpoints",
     "unquiet_endpoints",

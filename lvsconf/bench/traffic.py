@@ -24,7 +24,7 @@ import time
 from harness.addresses import CLIENT_NETS, cip, rip, vip
 from harness.topology import Net, Topology, build
 from harness.traffic.capture import rs_capture
-from harness.traffic.engine import make_stamps, run_report, slowdown
+from harness.traffic.engine import make_stamps, send_flows_report, slowdown
 from harness.traffic.packets import TrafficError, build_frame, mac_bytes
 from impl.types import IPV4, IPV6, Family, Flow, Proto
 
@@ -139,11 +139,11 @@ def run(args: argparse.Namespace) -> int:
                 offset += count
                 return bench_flows(family, proto, count, offset - count)
 
-            run_report(net, fresh(50), "batch")  # warm-up: neighbours, nft rules, code paths
+            send_flows_report(net, fresh(50), "batch")  # warm-up: neighbours, nft rules, code paths
             for rep in range(args.repeat):
                 for mode, count in (("ordered", args.ordered_flows), ("batch", args.flows)):
                     before = rx_packets(net, 0)
-                    report = run_report(net, fresh(count), mode)  # type: ignore[arg-type]
+                    report = send_flows_report(net, fresh(count), mode)  # type: ignore[arg-type]
                     ok = sum(
                         r.outcome.kind == "forward" and r.outcome.rs == 0 for r in report.results
                     )

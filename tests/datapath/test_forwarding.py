@@ -75,7 +75,7 @@ def test_every_flow_reaches_the_predicted_real_server(lvs_run, fwd: Fwd, family:
         build(Topology(fwd=fwd, families=(family,)), lvs_run) as net,
         ReferenceDatapath().install(net, scenario) as director,
     ):
-        results = engine.run(net, flows)
+        results = engine.send_flows(net, flows)
         stats = director.stats()
         now = director.now()
         templates = director.templates()
@@ -185,7 +185,7 @@ def test_dest_changes_while_running_follow_the_model(lvs_run, family: Family) ->
             flows = [Flow(f.proto, f.saddr, f.sport + phase, f.daddr, f.dport) for f in flows]
             now = director.now()
             expected = predict(model, scenario, flows, now)
-            seen = observed(r.outcome for r in engine.run(net, flows))
+            seen = observed(r.outcome for r in engine.send_flows(net, flows))
             assert seen == expected, f"phase {phase}\n" + explain(flows, expected, seen)
             if phase < len(steps):
                 op, arg = steps[phase]
@@ -222,7 +222,7 @@ def test_fwmark_service_balances_marked_packets(lvs_run, family: Family) -> None
         build(Topology(fwd=Fwd.DR, families=(family,)), lvs_run) as net,
         ReferenceDatapath().install(net, scenario) as director,
     ):
-        results = engine.run(net, flows + unmarked)
+        results = engine.send_flows(net, flows + unmarked)
         now = director.now()
     expected = predict(Director.from_scenario(scenario), scenario, flows + unmarked, now)
     seen = observed(r.outcome for r in results)
@@ -246,7 +246,7 @@ def test_no_dest_is_unreachable_and_no_service_is_local(lvs_run, family: Family)
         build(Topology(fwd=Fwd.DR, families=(family,)), lvs_run) as net,
         ReferenceDatapath().install(net, scenario) as director,
     ):
-        results = engine.run(net, flows)
+        results = engine.send_flows(net, flows)
         stats = director.stats()
     seen = observed(r.outcome for r in results)
     # TCP to a service without usable dest: ICMP port unreachable from the VIP (ip_vs_leave);

@@ -26,7 +26,7 @@ from harness.implementations.exec import (
 from harness.implementations.needs import NAMES, check_names, first_unsupported, needs
 from harness.implementations.registry import ImplError, resolve
 from harness.topology import Net
-from harness.traffic.engine import run as send
+from harness.traffic.engine import send_flows as send
 from impl.ipvsadm import load_rules
 from impl.scenario import AddDest, Advance, DelDest, Scenario, Send, ServiceConfig
 from impl.types import (

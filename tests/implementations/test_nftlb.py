@@ -32,7 +32,7 @@ from harness.implementations.nftlb import (
 )
 from harness.implementations.registry import DEFAULT_ORDER, resolve
 from harness.topology import Net
-from harness.traffic.engine import run as send
+from harness.traffic.engine import send_flows as send
 from impl.ipvsadm import load_rules, render_rules
 from impl.scenario import (
     AddDest,

@@ -47,7 +47,7 @@ def test_fwmark_persistence_sends_one_client_to_one_real_server() -> None:
         build(Topology(real_servers=3, families=(IPV4,))) as net,
         KernelIPVS().install(net, scenario) as director,
     ):
-        results = engine.run(net, flows)
+        results = engine.send_flows(net, flows)
         raw = read_ip_vs_conn(net.director.netns)
         templates = director.templates()
 

@@ -1,4 +1,4 @@
-"""Case.run stepping, the verdict -> outcome mapping, grading and explain(), with fakes."""
+"""Case.play stepping, the verdict -> outcome mapping, grading and explain(), with fakes."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def test_persistence_key_follows_the_template_key_rules() -> None:
 
 def test_identical_implementation_is_exact() -> None:
     case, net = make_case(FakeImpl())
-    result = case.run(persistent_scenario(case))
+    result = case.play(persistent_scenario(case))
     assert result.verdict == "exact", result.explain()
     assert result.problems == []
     assert len(result.flows) == 4 and net.installs == 1
@@ -150,7 +150,7 @@ def test_wrong_real_server_fails_with_evidence() -> None:
         return replace(outcome, rs=(outcome.rs + 1) % 3) if i == 2 else outcome
 
     case, _ = make_case(FakeImpl(perturb=second_flow_elsewhere))
-    result = case.run(persistent_scenario(case))
+    result = case.play(persistent_scenario(case))
     assert result.verdict == "fail"
     text = result.explain()
     assert "rule unit-rule on fake (ipv4): fail" in text
@@ -164,14 +164,14 @@ def test_wrong_real_server_fails_with_evidence() -> None:
 
 def test_template_mismatch_alone_fails_an_exact_implementation() -> None:
     case, _ = make_case(FakeImpl(mangle_template=lambda t: replace(t, state="ASSURED")))
-    result = case.run(persistent_scenario(case))
+    result = case.play(persistent_scenario(case))
     assert result.verdict == "fail"
     assert any("templates after step 1: missing" in p for p in result.problems)
 
 
 def test_hidden_templates_are_not_compared() -> None:
     case, _ = make_case(FakeImpl(expose_templates=False))
-    result = case.run(persistent_scenario(case))
+    result = case.play(persistent_scenario(case))
     assert result.verdict == "exact"
     assert result.templates_observed == [None]
     assert "model only" in result.explain()
@@ -180,12 +180,12 @@ def test_hidden_templates_are_not_compared() -> None:
 def test_consistent_relabelling_is_equivalent_for_a_non_exact_implementation() -> None:
     swap = relabel({0: 1, 1: 2, 2: 0})
     case, _ = make_case(FakeImpl(exact=False, perturb=swap, expose_templates=False))
-    result = case.run(persistent_scenario(case))
+    result = case.play(persistent_scenario(case))
     assert result.verdict == "equivalent", result.explain()
     result.assert_conforms()
     # the same behaviour on an implementation claiming exactness is a failure
     case, _ = make_case(FakeImpl(exact=True, perturb=swap, expose_templates=False))
-    assert case.run(persistent_scenario(case)).verdict == "fail"
+    assert case.play(persistent_scenario(case)).verdict == "fail"
 
 
 def test_split_persistence_group_is_not_equivalent() -> None:
@@ -193,7 +193,7 @@ def test_split_persistence_group_is_not_equivalent() -> None:
         return replace(outcome, rs=(outcome.rs + 1) % 3) if i == 2 else outcome
 
     case, _ = make_case(FakeImpl(exact=False, perturb=split, expose_templates=False))
-    result = case.run(persistent_scenario(case))
+    result = case.play(persistent_scenario(case))
     assert result.verdict == "fail"
     assert any("same persistence template" in p for p in result.problems)
 
@@ -203,7 +203,7 @@ def test_equivalence_still_requires_the_same_non_forward_outcomes() -> None:
         return Outcome("dropped") if i == 3 else outcome
 
     case, _ = make_case(FakeImpl(exact=False, perturb=drop_last, expose_templates=False))
-    result = case.run(persistent_scenario(case))
+    result = case.play(persistent_scenario(case))
     assert result.verdict == "fail"
     assert "expected forward, observed dropped" in result.problems[0]
 
@@ -215,7 +215,7 @@ def test_random_scheduler_is_graded_by_equivalence() -> None:
         perturb=relabel({0: 2, 2: 0}), expose_templates=False, level=parse_release("6.12.117")
     )
     case, _ = make_case(impl)
-    result = case.run(persistent_scenario(case, scheduler="twos"))
+    result = case.play(persistent_scenario(case, scheduler="twos"))
     assert result.equivalence
     assert result.verdict == "equivalent", result.explain()
 
@@ -223,7 +223,7 @@ def test_random_scheduler_is_graded_by_equivalence() -> None:
 def test_unsupported_scenario_skips_with_reason() -> None:
     case, net = make_case(FakeImpl(unsupported_reason="no netmask"))
     with pytest.raises(Unsupported, match="unsupported by fake: no netmask"):
-        case.run(persistent_scenario(case))
+        case.play(persistent_scenario(case))
     assert case.unsupported_reason == "no netmask" and net.installs == 0
 
 
@@ -239,7 +239,7 @@ def test_advance_waits_on_the_director_clock_and_expiry_is_modelled() -> None:
     scenario = replace(
         scenario, steps=(*scenario.steps, Advance(3.0), Send((replace(flows[0], sport=41000),)))
     )
-    result = case.run(scenario)
+    result = case.play(scenario)
     assert impl.clock.now() - start >= 3.0
     assert result.verdict == "exact", result.explain()
     assert len(result.template_checks) == 2
@@ -253,7 +253,7 @@ def test_advance_on_a_stalled_clock_raises() -> None:
         persistent_scenario(case, clients=1, flows_per_client=1), steps=(Advance(0.2),)
     )
     with pytest.raises(ClockStalled, match="did not advance 0.2s"):
-        case.run(scenario)
+        case.play(scenario)
 
 
 def test_dest_removal_reaches_both_sides_and_reschedules() -> None:
@@ -261,7 +261,7 @@ def test_dest_removal_reaches_both_sides_and_reschedules() -> None:
     scenario = persistent_scenario(case, clients=1, flows_per_client=1)
     (first,) = scenario.flows()
     key = scenario.services[0].service.key
-    pre = case.run(scenario)
+    pre = case.play(scenario)
     gone = pre.rs(0)
     assert gone is not None
     case, _ = make_case(FakeImpl(), family=IPV6)
@@ -273,7 +273,7 @@ def test_dest_removal_reaches_both_sides_and_reschedules() -> None:
             Send((replace(first, sport=41000),)),
         ),
     )
-    result = case.run(scenario)
+    result = case.play(scenario)
     assert result.verdict == "exact", result.explain()
     assert result.rs(1) != gone
     assert result.groups[0] != result.groups[1]  # different stretch: no equivalence constraint
@@ -284,7 +284,7 @@ def test_record_is_json_serialisable() -> None:
     import json
 
     case, _ = make_case(FakeImpl())
-    rec = case.run(persistent_scenario(case)).to_record()
+    rec = case.play(persistent_scenario(case)).to_record()
     text = json.dumps(rec)
     assert rec["verdict"] == "exact" and len(rec["flows"]) == 4
     assert rec["templates"][0]["observed"] and "timings" in rec and "198.19.0.1" in text
@@ -302,7 +302,7 @@ def test_model_runs_at_the_send_time_not_when_the_runner_predicted() -> None:
         return [replace(fnet.handle.deliver(f), sent_at=impl.clock.now()) for f in flows]
 
     case._traffic = slow_traffic  # what make_case wired, but slow
-    result = case.run(persistent_scenario(case, timeout=30))
+    result = case.play(persistent_scenario(case, timeout=30))
     assert result.verdict == "exact", result.explain()
     # 7 s per flow: a model anchored at prediction time would be 7 s behind per template
     assert not result.problems

@@ -1,6 +1,6 @@
 """End to end on the reference implementation in real namespaces (needs root, TUN, veth).
 
-One scenario through Case.run with the real topology, traffic engine and datapath, and one
+One scenario through Case.play with the real topology, traffic engine and datapath, and one
 ``lvsconf run`` of a real conformance case, checking the progress line, report and last line.
 """
 
@@ -63,7 +63,7 @@ def test_reference_scenario_with_removal_and_advance_is_exact(fresh_net: object)
             ),
         ),
     )
-    result = case.run(scenario)
+    result = case.play(scenario)
     assert result.verdict == "exact", result.explain()
     assert result.rs(0) == result.rs(2) == 2 and result.rs(1) == 1
     assert result.rs(3) not in (None, 2)  # rescheduled away from the removed server

@@ -23,7 +23,7 @@ from impl.types import IPV4
 @rule("unit-claim", source="nowhere", families=(IPV4,))
 def test_claim(case):
     """The scenario conforms, but the rule's own claim is false."""
-    r = case.run(persistent_scenario(case))
+    r = case.play(persistent_scenario(case))
     r.assert_conforms()
     assert r.rs(0) == 99, "flow 1 reaches rs100"
 
@@ -37,7 +37,7 @@ def test_nonconforming(case):
     """assert_conforms raises with the explanation itself."""
     case.impl.perturb = _elsewhere
     try:
-        case.run(persistent_scenario(case)).assert_conforms()
+        case.play(persistent_scenario(case)).assert_conforms()
     finally:
         case.impl.perturb = None
 '''

@@ -62,7 +62,7 @@ from impl.types import IPV4
 @rule("unit-exact", source="core.c ip_vs_sched_persist 305-338")
 def test_exact(case):
     """Flows of one client stick to one real server."""
-    case.run(persistent_scenario(case)).assert_conforms()
+    case.play(persistent_scenario(case)).assert_conforms()
 
 
 @rule("unit-vacuous", source="nowhere", families=(IPV4,))
@@ -80,7 +80,7 @@ def test_diverges(case):
     """A declared divergence."""
     case.impl.perturb = _elsewhere
     try:
-        case.run(persistent_scenario(case)).assert_conforms()
+        case.play(persistent_scenario(case)).assert_conforms()
     finally:
         case.impl.perturb = None
 
@@ -90,7 +90,7 @@ def test_fail(case):
     """An undeclared difference, not even asserted by the test."""
     case.impl.perturb = _elsewhere
     try:
-        case.run(persistent_scenario(case))
+        case.play(persistent_scenario(case))
     finally:
         case.impl.perturb = None
 
@@ -98,7 +98,7 @@ def test_fail(case):
 @rule("unit-needs", source="nowhere", families=(IPV4,), needs=("sctp",))
 def test_needs(case):
     """Needs a kernel feature the (fake) probe says is missing."""
-    case.run(persistent_scenario(case))
+    case.play(persistent_scenario(case))
 
 
 @rule("unit-unsupported", source="nowhere", families=(IPV4,))
@@ -106,7 +106,7 @@ def test_unsupported(case):
     """The implementation declares a missing feature."""
     case.impl.unsupported_reason = "no netmask support"
     try:
-        case.run(persistent_scenario(case))
+        case.play(persistent_scenario(case))
     finally:
         case.impl.unsupported_reason = None
 '''

@@ -1,7 +1,7 @@
 """The scenarios every conformance case runs, captured in-process with the runner's fakes.
 
 Each ``@rule`` case is called with a fake ``case`` (tests/runner/fakes.py: a model director on a
-virtual clock), once per family it declares; every scenario it hands to ``case.run`` is kept.
+virtual clock), once per family it declares; every scenario it hands to ``case.play`` is kept.
 """
 
 from __future__ import annotations
@@ -50,13 +50,13 @@ def case_scenarios() -> list[CaseScenario]:
 def _captured(func: object, rule: RuleInfo, family: Family) -> list[CaseScenario]:
     case, _ = make_case(FakeImpl(), family, rule.rule_id)
     runs: list[tuple[Scenario, bool]] = []
-    original = case.run
+    original = case.play
 
-    def run(scenario: Scenario, *, allow_ftpdata: bool = False):  # type: ignore[no-untyped-def]
+    def play(scenario: Scenario, *, allow_ftpdata: bool = False):  # type: ignore[no-untyped-def]
         runs.append((scenario, allow_ftpdata))
         return original(scenario, allow_ftpdata=allow_ftpdata)
 
-    case.run = run  # type: ignore[method-assign]
+    case.play = play  # type: ignore[method-assign]
     # a check on wire details the fakes do not model (e.g. encapsulation) may fail: the
     # scenarios run so far are captured all the same
     with contextlib.suppress(AssertionError):

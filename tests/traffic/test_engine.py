@@ -21,8 +21,8 @@ from harness.traffic.engine import (
     Mode,
     Session,
     quiet_endpoints,
-    run,
-    run_report,
+    send_flows,
+    send_flows_report,
     slowdown,
     unquiet_endpoints,
 )
@@ -70,7 +70,7 @@ def test_plain_routing_every_flow_is_seen_once_at_the_routed_server(
 ) -> None:
     route_vip_to(fresh_net, 2)
     flows = [f for fam in (IPV4, IPV6) for f in flows_for(fam, PROTOS, 5, 1)]
-    report = run_report(fresh_net, flows, mode, settle=0.1)  # type: ignore[arg-type]
+    report = send_flows_report(fresh_net, flows, mode, settle=0.1)  # type: ignore[arg-type]
     for r in report.results:
         o = r.outcome
         assert (o.kind, o.rs, o.addr, o.port, o.encapsulated) == (
@@ -93,7 +93,7 @@ def test_ordered_follow_ups_of_one_connection_are_told_apart(fresh_net: Net) -> 
         Flow(Proto.UDP, c, 5060, v, 5060, None, 0, b"INVITE sip:x SIP/2.0\r\nCall-ID: 1\r\n"),
         Flow(Proto.UDP, c, 5060, v, 5060, None, 0, b"BYE sip:x SIP/2.0\r\nCall-ID: 1\r\n"),
     ]
-    results = run(fresh_net, flows, settle=0.1)
+    results = send_flows(fresh_net, flows, settle=0.1)
     assert [r.outcome.kind for r in results] == ["forward"] * len(flows)
     assert all(r.seen_at == (0,) for r in results), [r.seen_at for r in results]
 
@@ -103,7 +103,7 @@ def test_dnat_flows_arrive_at_the_rewritten_destination(fresh_net: Net) -> None:
         fresh_net, dnat_script(rs=1, vport=80, rport=8080, protos=("tcp", "udp", "sctp"))
     )
     flows = [f for fam in (IPV4, IPV6) for f in flows_for(fam, PROTOS, 4, 2)]
-    for r in run(fresh_net, flows, "batch"):
+    for r in send_flows(fresh_net, flows, "batch"):
         o = r.outcome
         want = rip(r.flow.family, 1)
         assert (o.kind, o.rs, o.addr, o.port) == ("forward", 1, want, 8080), str(r)
@@ -180,7 +180,7 @@ def test_tunnelled_flows_are_identified_inside_the_tunnel(fresh_net: Net) -> Non
     load_director_nft(fresh_net, DROP_VIP0)
     flows = [f for fam in (IPV4, IPV6) for f in flows_for(fam, PROTOS, 3, 3)]
     with IpipRelay(fresh_net, 1):
-        results = run(fresh_net, flows)
+        results = send_flows(fresh_net, flows)
     for r in results:
         o = r.outcome
         assert (o.kind, o.rs, o.addr, o.port, o.encapsulated) == (
@@ -198,7 +198,7 @@ def test_unanswered_flow_is_dropped_within_the_bound(fresh_net: Net) -> None:
     flows = flows_for(IPV4, (Proto.TCP, Proto.UDP), 1, 5) + flows_for(IPV6, (Proto.UDP,), 1, 5)
     modes: tuple[Mode, ...] = ("ordered", "batch")
     for mode in modes:
-        report = run_report(fresh_net, flows, mode, bound=bound)
+        report = send_flows_report(fresh_net, flows, mode, bound=bound)
         assert kinds(report.results) == {"dropped"}
         limit = bound * slowdown()
         assert all(r.outcome.elapsed == pytest.approx(limit) for r in report.results)
@@ -218,7 +218,7 @@ def test_reject_rules_are_reported_as_unreachable(fresh_net: Net) -> None:
         ),
     )
     flows = [f for fam in (IPV4, IPV6) for f in flows_for(fam, (Proto.TCP, Proto.UDP), 3, 6)]
-    results = run(fresh_net, flows, "batch")
+    results = send_flows(fresh_net, flows, "batch")
     assert [r.outcome.kind for r in results] == ["unreachable"] * len(flows)
 
 
@@ -228,22 +228,22 @@ def test_the_director_stack_answering_is_local(fresh_net: Net) -> None:
     tcp = [f for fam in (IPV4, IPV6) for f in flows_for(fam, (Proto.TCP,), 2, 7)]
     acks = [Flow(Proto.TCP, f.saddr, f.sport + 1000, f.daddr, f.dport, "ack") for f in tcp]
     udp = [f for fam in (IPV4, IPV6) for f in flows_for(fam, (Proto.UDP,), 2, 7)]
-    results = run(fresh_net, tcp + acks + udp)
+    results = send_flows(fresh_net, tcp + acks + udp)
     assert [r.outcome.kind for r in results] == ["local"] * 8 + ["unreachable"] * 4
     sctp = flows_for(IPV4, (Proto.SCTP,), 1, 7)
     # with an SCTP stack the director ABORTs the INIT; without one (this host) it is silent
     want = "local" if fresh_net.features.sctp else "dropped"
-    assert run(fresh_net, sctp)[0].outcome.kind == want
+    assert send_flows(fresh_net, sctp)[0].outcome.kind == want
 
 
 def test_batch_refuses_duplicate_flows_and_bad_input(fresh_net: Net) -> None:
     f = Flow(Proto.TCP, cip(IPV4, 8, 1), 3000, vip(IPV4, 0), 80)
     with pytest.raises(TrafficError, match="unique"):
-        run(fresh_net, [f, f], "batch")
+        send_flows(fresh_net, [f, f], "batch")
     with pytest.raises(TrafficError, match="mode 'fast' is unknown"):
-        run(fresh_net, [f], "fast")  # type: ignore[arg-type]
+        send_flows(fresh_net, [f], "fast")  # type: ignore[arg-type]
     with pytest.raises(TrafficError, match="source port 20"):
-        run(fresh_net, [Flow(Proto.UDP, cip(IPV4, 8, 1), 20, vip(IPV4, 0), 53)])
+        send_flows(fresh_net, [Flow(Proto.UDP, cip(IPV4, 8, 1), 20, vip(IPV4, 0), 53)])
 
 
 def _netns_inode_of(sock: socket.socket) -> int:
@@ -274,7 +274,7 @@ def test_nothing_is_sent_outside_the_topology(fresh_net: Net, host_watch: socket
         inodes = {_netns_inode_of(s) for s in session.sockets}
     assert inodes <= topo_ns and host_ns not in inodes
     flows = [f for fam in (IPV4, IPV6) for f in flows_for(fam, PROTOS, 20, 9)]
-    results = run(fresh_net, flows, "batch")
+    results = send_flows(fresh_net, flows, "batch")
     assert kinds(results) == {"forward"}
     pool = {f.saddr.packed for f in flows}
     leaked = 0
@@ -306,13 +306,13 @@ def test_quiet_endpoints_keep_real_servers_from_answering_stray_syns(fresh_net: 
     with client_capture(fresh_net.client, fresh_net.client_if) as capture:
         quiet_endpoints(fresh_net)
         flows = flows_for(IPV4, (Proto.TCP,), 3, 10)
-        assert kinds(run(fresh_net, flows)) == {"forward"}
+        assert kinds(send_flows(fresh_net, flows)) == {"forward"}
         assert _rst_count_within(capture, 0.3) == 0
         unquiet_endpoints(fresh_net)
         try:
             loud = flows_for(IPV4, (Proto.TCP,), 3, 11)
             # the real server's RST reaches the client, but the copy it saw decides: forward
-            assert kinds(run(fresh_net, loud, quiet=False)) == {"forward"}
+            assert kinds(send_flows(fresh_net, loud, quiet=False)) == {"forward"}
             assert _rst_count_within(capture, 2.0, want=3) == 3
         finally:
             quiet_endpoints(fresh_net)
@@ -339,7 +339,7 @@ def test_a_ping_the_director_answers_is_local(fresh_net: Net, mode: Mode) -> Non
     ping with the same identifier is matched by its own sequence number."""
     flows = _pings(9, 2)
     again = [flows[0]] if mode == "ordered" else []  # a batch needs unique (saddr, identifier)
-    results = run(fresh_net, flows + again, mode)
+    results = send_flows(fresh_net, flows + again, mode)
     assert [r.outcome.kind for r in results] == ["local"] * len(flows + again), [
         str(r) for r in results
     ]
@@ -350,7 +350,7 @@ def test_a_ping_routed_to_a_real_server_is_forward(fresh_net: Net) -> None:
     """The real server's capture sees the echo request (and its own reply, which also reaches
     the client, does not change the outcome)."""
     route_vip_to(fresh_net, 1)
-    results = run(fresh_net, _pings(10, 2), settle=0.1)
+    results = send_flows(fresh_net, _pings(10, 2), settle=0.1)
     for r in results:
         o = r.outcome
         assert (o.kind, o.rs, o.addr, o.port, r.seen_at) == ("forward", 1, r.flow.daddr, 0, (1,)), (
@@ -366,5 +366,5 @@ def test_source_port_20_is_sent_when_asked(fresh_net: Net) -> None:
         for fam in (IPV4, IPV6)
         for p in (Proto.TCP, Proto.UDP)
     ]
-    results = run(fresh_net, flows, allow_ftpdata=True)
+    results = send_flows(fresh_net, flows, allow_ftpdata=True)
     assert [r.outcome.kind for r in results] == ["local", "unreachable"] * 2

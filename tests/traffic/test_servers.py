@@ -6,7 +6,7 @@ import pytest
 
 from harness.addresses import cip, rip, vip
 from harness.topology import Net
-from harness.traffic.engine import quiet_endpoints, run
+from harness.traffic.engine import quiet_endpoints, send_flows
 from harness.traffic.packets import TrafficError
 from harness.traffic.servers import ask_name_udp, fetch_name, serve
 from impl.types import IPV4, IPV6, Family, Flow, Proto
@@ -49,7 +49,9 @@ def test_crafted_flows_and_real_connections_mix(fresh_net: Net) -> None:
     dropped by the quiet client, so the real connection that follows is undisturbed."""
     route_vip_to(fresh_net, 0)
     with serve(fresh_net, tcp_ports=(80,)):
-        results = run(fresh_net, [Flow(Proto.TCP, cip(IPV4, 14, 5), 42000, vip(IPV4, 0), 80)])
+        results = send_flows(
+            fresh_net, [Flow(Proto.TCP, cip(IPV4, 14, 5), 42000, vip(IPV4, 0), 80)]
+        )
         assert (results[0].outcome.kind, results[0].outcome.rs) == ("forward", 0)
         assert fetch_name(fresh_net, vip(IPV4, 0), 80, saddr=cip(IPV4, 14, 5)) == "rs1"
 
