@@ -84,9 +84,9 @@ MID_BUILD_CHILD = textwrap.dedent("""
     from harness.topology import Topology, build
 
     original = topology._configure_rs
-    def parked(net, i):
-        original(net, i)
-        if i == 1:
+    def parked(net, rs):
+        original(net, rs)
+        if rs.index == 1:
             print("MID", net.run.prefix, flush=True)
             sys.stdin.readline()  # parked until the parent signals, kills or releases us
     topology._configure_rs = parked

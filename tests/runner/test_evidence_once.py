@@ -68,8 +68,10 @@ def _run(tmp_path: Path) -> str:
 def _failure(out: str, name: str) -> str:
     """The failure block of one test in the terminal summary."""
     start = out.index(f"_ {name}[fake-ipv4] _")
-    end = out.find("\n___", start + 1)
-    return out[start : end if end >= 0 else len(out)]
+    # the block ends at the next test's header or at the summary that follows the last one
+    # (under CI=true pytest prints the whole message again in its short summary)
+    ends = [e for e in (out.find("\n___", start + 1), out.find("\n===", start + 1)) if e >= 0]
+    return out[start : min(ends, default=len(out))]
 
 
 def test_a_failed_claim_carries_the_evidence_once(tmp_path: Path) -> None:
