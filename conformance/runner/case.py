@@ -134,7 +134,7 @@ class Case:
         self.level = level
         self._net_provider = net_provider
         self._traffic = traffic
-        self._sending: TrafficFn = traffic  # what this run sends with (see run's allow_ftpdata)
+        self._sending: TrafficFn = traffic  # what play() sends with (see its allow_ftpdata)
         self._model_factory = model_factory
         self._sleep = sleep
         self._advance_slack = advance_slack
