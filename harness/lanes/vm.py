@@ -7,7 +7,12 @@ Facts this module relies on (measured; docs/architecture.md §6):
   the PATH must keep ``/usr/sbin:/usr/bin:/sbin:/bin`` or the guest panics.
 - stdout must be a pipe (QEMU reopens /proc/self/fd/1 and truncates a file); stdin must be open.
 - vng execs ``virtme-run``, so the venv's bin directory goes on PATH.
-- Host environment variables do not reach the guest; they go inside the ``--exec`` string.
+- Host environment variables do not reach the guest; they go inside the guest script.
+- vng hands the ``--exec`` script to the guest base64-encoded on the kernel command line
+  (``virtme.exec=``), which x86 kernels cut at 2,048 bytes: a longer script boots a guest that
+  never runs it (measured: an idle QEMU, no output, until the lane's timeout). The script
+  therefore goes into a file in the guest's writable directory (:data:`SCRIPT_NAME`) and
+  ``--exec`` only runs that file.
 - ``/dev/kvm`` may exist while a KVM guest hangs: the accelerator is chosen by a short trial
   boot, cached per host kernel, overridable with ``LVSCONF_ACCEL=kvm|tcg``.
 - Two guests on a 2-core machine slow each other 3-4x: one guest per machine, under a flock
@@ -121,10 +126,17 @@ class GuestRun:
     dry_run: bool = False  # vng prints the QEMU command line instead of booting
 
 
+SCRIPT_NAME = "lvsconf-guest.sh"
+
+
+def script_path(run: GuestRun) -> Path:
+    return run.rwdir / SCRIPT_NAME
+
+
 def guest_script(run: GuestRun) -> str:
-    """The ``--exec`` string: stderr joined to stdout (vng's own stderr carries the kernel
-    console, kept apart as the console tail), cd, environment (host env does not pass), then
-    the command."""
+    """The guest script (in :func:`script_path`): stderr joined to stdout (vng's own stderr
+    carries the kernel console, kept apart as the console tail), cd, environment (host env
+    does not pass), then the command."""
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(run.env.items()))
     prefix = f"export {env}; " if env else ""
     return f"exec 2>&1; cd {shlex.quote(str(run.cwd))} && {prefix}{run.command}"
@@ -149,7 +161,7 @@ def vng_argv(run: GuestRun, vng: Path, shim: Path) -> list[str]:
         argv.append("--verbose")
     if run.dry_run:
         argv.append("--dry-run")
-    argv += ["--exec", guest_script(run)]
+    argv += ["--exec", f"exec sh {shlex.quote(str(script_path(run)))}"]
     return argv
 
 
@@ -281,6 +293,7 @@ def run_guest(run: GuestRun, on_line: LineSink, console_lines: int = 80) -> Gues
     check_shell_safe(run, shim)
     argv = vng_argv(run, vng, shim)
     run.rwdir.mkdir(parents=True, exist_ok=True)
+    script_path(run).write_text(guest_script(run) + "\n")
     console: collections.deque[str] = collections.deque(maxlen=console_lines)
     start = time.monotonic()
     with _sigterm_as_interrupt():

@@ -70,7 +70,10 @@ def test_vng_command_line_carries_the_measured_fixes(tmp_path: Path) -> None:
     assert argv[argv.index("--rwdir") + 1] == str(tmp_path)
     # the PATH keeps the standard directories after the shim (else: panic, no init=)
     assert argv[argv.index("-a") + 1] == "PATH=/shim:/usr/sbin:/usr/bin:/sbin:/bin"
-    script = argv[argv.index("--exec") + 1]
+    # the script is a file in the guest's directory: vng would put it on the kernel command
+    # line, which is cut at 2,048 bytes
+    assert argv[argv.index("--exec") + 1] == f"exec sh {tmp_path / vm.SCRIPT_NAME}"
+    script = vm.guest_script(run)
     assert script == "exec 2>&1; cd /work/main && export LVSCONF_SLOWDOWN=20 X='a b'; pytest -q"
     kvm = vm.vng_argv(
         vm.GuestRun(run.image, run.command, run.cwd, run.rwdir, run.env, accel="kvm"),
