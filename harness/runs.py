@@ -377,10 +377,13 @@ class SweepReport:
     live: list[str] = field(default_factory=list)  # prefixes of live runs, untouched
     survivors: list[int] = field(default_factory=list)  # killed, still running after KILL_WAIT
     unowned: list[str] = field(default_factory=list)  # our pattern, no record: left alone
+    removed_dirs: list[str] = field(default_factory=list)  # guest dirs of dead sessions
 
     @property
     def removed_anything(self) -> bool:
-        return bool(self.removed_namespaces or self.killed or self.removed_records)
+        return bool(
+            self.removed_namespaces or self.killed or self.removed_records or self.removed_dirs
+        )
 
     def lines(self) -> list[str]:
         out = [f"removed namespace {n}" for n in self.removed_namespaces]
@@ -390,6 +393,7 @@ class SweepReport:
             for p in self.survivors
         ]
         out += [f"removed owner record {r}" for r in self.removed_records]
+        out += [f"removed guest directory {d}" for d in self.removed_dirs]
         out += [f"left alone (no owner record): {n}" for n in self.unowned]
         return out
 
@@ -453,7 +457,20 @@ def sweep() -> SweepReport:
             m = PREFIX_RE.match(ns)
             if m and m.group(0) not in owned:
                 report.unowned.append(ns)
+        report.removed_dirs += _sweep_guest_dirs()
     return report
+
+
+def _sweep_guest_dirs() -> list[str]:
+    """Kernel-lane directories ``guest-<pid>-...`` (harness/lanes/pytest_lane.py) of pytest
+    sessions that died without their teardown (a killed xdist controller)."""
+    removed = []
+    for d in STATE_DIR.glob("guest-*-*") if STATE_DIR.exists() else ():
+        pid = d.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d.name)
+    return removed
 
 
 # --- interrupts -----------------------------------------------------------------------------
