@@ -45,6 +45,33 @@ def _default_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
+def signal_state(pid: int) -> str:
+    """Where SIGINT and SIGTERM stand in each thread of ``pid`` (pending, blocked, ignored,
+    caught), from /proc: says whether a signal that "did nothing" arrived at all."""
+    wanted = {"SigPnd": "pending", "ShdPnd": "pending(process)", "SigBlk": "blocked",
+              "SigIgn": "ignored", "SigCgt": "caught"}  # fmt: skip
+    threads = []
+    with contextlib.suppress(OSError):
+        for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+            fields = {}
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+                    key, _, value = line.partition(":")
+                    if key in wanted:
+                        mask = int(value.strip(), 16)
+                        names = [
+                            sig.name
+                            for sig in (signal.SIGINT, signal.SIGTERM)
+                            if mask >> (sig - 1) & 1
+                        ]
+                        if names:
+                            fields[wanted[key]] = "+".join(names)
+            threads.append(
+                f"tid {tid} " + (", ".join(f"{k} {v}" for k, v in fields.items()) or "-")
+            )
+    return "signals: " + ("; ".join(threads) or "process gone")
+
+
 def descendants(pid: int) -> list[int]:
     """Every live descendant of ``pid`` (from /proc, parent links)."""
     parents: dict[int, list[int]] = {}
@@ -118,7 +145,10 @@ class Children:
         deadline = time.monotonic() + DUMP_WAIT
         while time.monotonic() < deadline and not all(self._file(p).stat().st_size for p in pids):
             time.sleep(0.05)  # polling interval of a bounded wait
-        parts = [f"--- pid {p}:\n{self._file(p).read_text(errors='replace')}" for p in pids]
+        parts = [
+            f"--- pid {p}: {signal_state(p)}\n{self._file(p).read_text(errors='replace')}"
+            for p in pids
+        ]
         return "\n".join(parts) or "(no Python process in the tree answered SIGUSR1)"
 
     def _file(self, pid: int) -> Path:
