@@ -524,3 +524,19 @@ def test_sweep_kills_a_recorded_group_leader_with_its_whole_group() -> None:
     while runs.is_alive(grandchild, gc_start) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not runs.is_alive(grandchild, gc_start), "grandchild outlived its group leader"
+
+
+def test_sweep_removes_guest_directories_of_dead_sessions(private_state: dict[str, str]) -> None:
+    """A killed xdist controller leaves its kernel lane's guest-<pid>-... directory behind;
+    the sweep removes it, and leaves a live session's alone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = runs.STATE_DIR / f"guest-{dead.pid}-0123abcd-0"
+    live = runs.STATE_DIR / f"guest-{os.getpid()}-0123abcd-0"
+    for d in (stale, live):
+        d.mkdir(parents=True)
+        (d / "results.jsonl").write_text("")
+    report = runs.sweep()
+    assert report.removed_dirs == [stale.name] and not stale.exists()
+    assert live.exists()
+    assert f"removed guest directory {stale.name}" in report.lines()
