@@ -10,9 +10,11 @@ variable                  meaning (default)
 LVSCONF_STATE_DIR         owner records, scratch files, locks (``/run/lvsconf``)
 LVSCONF_CACHE             kernel packages, accelerator verdict (``~/.cache/lvsconf``)
 LVSCONF_ACCEL             ``kvm`` or ``tcg``: skip the KVM trial boot (unset: try KVM)
-LVSCONF_GUEST_MEM         guest memory, a number with an optional K/M/G suffix (``1G``)
+LVSCONF_GUEST_MEM         guest memory, a number with an optional K/M/G suffix (``2G``)
 LVSCONF_GUEST_TIMEOUT     seconds for a whole guest run (unset: 300 + 60 per case)
-LVSCONF_GUEST_WORKERS     xdist workers inside the guest (``1``)
+LVSCONF_GUEST_WORKERS     xdist workers inside the guest (``4``)
+LVSCONF_GUEST_PYTHON      ``memory``: the guest imports from a tmpfs copy; ``share``: over 9p
+                          as virtme-ng shares it (``memory``; harness/lanes/guest_python.py)
 LVSCONF_SLOWDOWN          scales traffic bounds, >= 1 (``1``; the VM lane sets 20)
 LVSCONF_IN_GUEST          set by the VM lane inside the guest (unset)
 LVSCONF_KERNEL            default kernel lane of ``ci/test`` and ``lvsconf kernel`` (``auto``)
@@ -42,6 +44,7 @@ from pathlib import Path
 PREFIX = "LVSCONF_"
 _MEMORY_RE = re.compile(r"[1-9][0-9]*[KMGT]?")
 _ACCELS = ("kvm", "tcg")
+_GUEST_PYTHON = ("memory", "share")
 
 
 class SettingsError(ValueError):
@@ -56,6 +59,7 @@ class Settings:
     guest_mem: str
     guest_timeout: float | None
     guest_workers: int
+    guest_python: str
     slowdown: float
     in_guest: bool
     kernel: str
@@ -119,12 +123,15 @@ def from_environ(env: Mapping[str, str]) -> Settings:
     accel = env.get(PREFIX + "ACCEL", "").strip().lower() or None
     if accel is not None and accel not in _ACCELS:
         raise _bad("ACCEL", env[PREFIX + "ACCEL"], "is not valid; use kvm or tcg")
-    memory = env.get(PREFIX + "GUEST_MEM", "").strip() or "1G"
+    memory = env.get(PREFIX + "GUEST_MEM", "").strip() or "2G"
     if not _MEMORY_RE.fullmatch(memory):
         raise _bad("GUEST_MEM", memory, "is not a memory size; e.g. 1G or 1536M")
-    workers_raw = env.get(PREFIX + "GUEST_WORKERS", "").strip() or "1"
+    workers_raw = env.get(PREFIX + "GUEST_WORKERS", "").strip() or "4"
     if not workers_raw.isdigit() or not 1 <= int(workers_raw) <= 256:
         raise _bad("GUEST_WORKERS", workers_raw, "is not a positive integer; e.g. 2")
+    guest_python = env.get(PREFIX + "GUEST_PYTHON", "").strip().lower() or "memory"
+    if guest_python not in _GUEST_PYTHON:
+        raise _bad("GUEST_PYTHON", guest_python, "is not valid; use memory or share")
     home_cache = Path(os.path.expanduser("~")) / ".cache" / "lvsconf"
     return Settings(
         state_dir=_path(env, "STATE_DIR", Path("/run/lvsconf")),
@@ -133,6 +140,7 @@ def from_environ(env: Mapping[str, str]) -> Settings:
         guest_mem=memory,
         guest_timeout=_number(env, "GUEST_TIMEOUT", 1, "1800"),
         guest_workers=int(workers_raw),
+        guest_python=guest_python,
         slowdown=_number(env, "SLOWDOWN", 1, "20") or 1.0,
         in_guest=_flag(env, "IN_GUEST"),
         kernel=env.get(PREFIX + "KERNEL", "").strip() or "auto",

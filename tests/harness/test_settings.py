@@ -14,7 +14,7 @@ from harness import settings
 def test_defaults() -> None:
     s = settings.from_environ({"HOME": "/home/x"})
     assert s.state_dir == Path("/run/lvsconf") and s.owners_dir == Path("/run/lvsconf/owners")
-    assert (s.accel, s.guest_mem, s.guest_timeout, s.guest_workers) == (None, "1G", None, 1)
+    assert (s.accel, s.guest_mem, s.guest_timeout, s.guest_workers) == (None, "2G", None, 4)
     assert (s.slowdown, s.in_guest, s.kernel) == (1.0, False, "auto")
     assert not s.require_cases and not s.progress
     assert (s.debian_mirror, s.debian_security_mirror, s.apt_max_age) == (None, None, None)

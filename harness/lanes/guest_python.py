@@ -1,0 +1,289 @@
+"""The guest's Python runs from memory: its imports never cross 9p.
+
+virtme-ng hands the guest the host's root over 9p, mounted without a ``cache=`` option, so with
+no page cache: every ``stat``, ``open`` and ``read`` an import makes is a round trip through
+QEMU's 9p server, and under TCG each one is slow. A pytest start-up makes tens of thousands of
+them (measured: docs/architecture.md §6, item 8).
+
+So the host packs what the guest's pytest imports into two tar files:
+
+- the *runtime*: the interpreter's standard library and the environment's site-packages (minus
+  developer tools the guest never imports), cached under ``<cache>/guest-python/`` by a
+  fingerprint of every file's path, size and mtime, rebuilt only when one changes;
+- the *project*: the project's packages with bytecode the host compiled (a guest cannot write
+  bytecode back to the read-only share, so without it every project module would be compiled
+  again in the guest, under emulation), built for each guest into its own directory.
+
+The guest unpacks both into a tmpfs and bind-mounts each directory over its own path, so paths,
+``sys.prefix`` and tracebacks stay exactly those of the host. When any step fails (no tmpfs, not
+enough memory), the guest says so in one line and imports over 9p as before: slower, same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import py_compile
+import shlex
+import sys
+import sysconfig
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.lanes.provision import cache_root
+
+#: site-packages entries the guest never imports (type checkers and their runtime, linters,
+#: installers, the VM launcher itself): 60+ MB less to unpack. Matched against the first path
+#: component below site-packages, up to its first "-" (so their dist-info go too).
+DEV_ONLY = (
+    "mypy",
+    "mypyc",
+    "mypy_extensions",
+    "ast_serialize",
+    "librt",
+    "pip",
+    "setuptools",
+    "ruff",
+    "virtme",
+    "virtme_ng",
+)
+#: below a site-packages entry: parts no module of the suite imports (scapy's contrib layers)
+UNUSED = ("scapy/contrib",)
+#: optimised bytecode (python -O / -OO): the guest never runs optimised, ~25 MB
+UNUSED_SUFFIXES = (".opt-1.pyc", ".opt-2.pyc")
+#: standard-library directories nothing here imports (tests, GUI, installers): ~200 MB less
+STDLIB_SKIP = (
+    "test",
+    "site-packages",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "lib2to3",
+    "pydoc_data",
+)
+GUEST_MOUNT = "/run/lvsconf-python"
+SKIP_DIRS = ("__pycache__", ".git", ".venv", "node_modules")
+
+
+@dataclass(frozen=True, slots=True)
+class GuestPython:
+    """What a guest needs to run from memory: two tar files and the paths (directories, and
+    libpython) the guest covers with their copies."""
+
+    runtime_tar: Path
+    project_tar: Path
+    covered: tuple[Path, ...]
+    size_mb: int  # unpacked size, for the tmpfs
+
+    def guest_prelude(self) -> str:
+        """Shell lines for the guest, before it starts Python (see the module docstring)."""
+        mount = shlex.quote(GUEST_MOUNT)
+        binds = " && ".join(
+            f"mount --bind {mount}{shlex.quote(str(d))} {shlex.quote(str(d))}" for d in self.covered
+        )
+        steps = " && ".join(
+            [
+                f"mkdir -p {mount}",
+                f"mount -t tmpfs -o size={self.size_mb}m,mode=0755 lvsconf-python {mount}",
+                f"tar -xf {shlex.quote(str(self.runtime_tar))} -C {mount}",
+                f"tar -xf {shlex.quote(str(self.project_tar))} -C {mount}",
+                binds,
+            ]
+        )
+        warn = (
+            "echo 'lvsconf: could not run the guest Python from memory "
+            "(tmpfs, tar or bind mount failed); importing over 9p, slower' >&2"
+        )
+        return f"{{ {steps}; }} >/dev/null 2>&1 || {warn}"
+
+
+# ---------------------------------------------------------------- what goes in
+
+
+def shared_library() -> Path | None:
+    """The interpreter's libpython when it is built shared (pyenv, many distributions): every
+    Python process maps it, 20+ MB over 9p each time."""
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    path = Path(sysconfig.get_config_var("LIBDIR")) / sysconfig.get_config_var("INSTSONAME")
+    return path if path.is_file() else None
+
+
+def runtime_dirs() -> tuple[Path, ...]:
+    """The standard library (where ``os`` lives) and this environment's site-packages."""
+    paths = sysconfig.get_paths()
+    found: list[Path] = [Path(os.__file__).parent]
+    for key in ("purelib", "platlib"):
+        p = Path(paths[key])
+        if p.is_dir() and p not in found:
+            found.append(p)
+    return tuple(found)
+
+
+def project_dirs(root: Path) -> tuple[Path, ...]:
+    """Top-level directories of the project holding Python files (not the venv, not hidden)."""
+    prefix = Path(sys.prefix).resolve()
+    found = []
+    for child in sorted(root.iterdir()):
+        if not child.is_dir() or child.name.startswith(".") or child.name in SKIP_DIRS:
+            continue
+        resolved = child.resolve()
+        if resolved == prefix or prefix.is_relative_to(resolved):
+            continue
+        if any(child.rglob("*.py")):
+            found.append(child)
+    return tuple(found)
+
+
+def _skipped(top: Path, rel: Path) -> bool:
+    first = rel.parts[0] if rel.parts else ""
+    if top.name == "site-packages":
+        return (
+            first.split("-")[0] in DEV_ONLY
+            or "__mypyc" in first
+            or any(rel.as_posix().startswith(u) for u in UNUSED)
+        )
+    return first in STDLIB_SKIP or first.startswith("config-")
+
+
+def _walk(top: Path, keep_pycache: bool) -> Iterator[Path]:
+    for dirpath, dirnames, filenames in os.walk(top):
+        here = Path(dirpath)
+        rel = here.relative_to(top)
+        if rel.parts and _skipped(top, rel):
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if (keep_pycache or d != "__pycache__")
+            and not (d in SKIP_DIRS and d != "__pycache__")
+            and not _skipped(top, rel / d)
+        )
+        for name in sorted(filenames):
+            if name.endswith(UNUSED_SUFFIXES) or (not rel.parts and _skipped(top, Path(name))):
+                continue
+            yield here / name
+
+
+# ---------------------------------------------------------------- the runtime tar (cached)
+
+
+def _fingerprint(dirs: Iterable[Path], files: list[Path]) -> str:
+    h = hashlib.sha256(sys.version.encode())
+    for d in dirs:
+        h.update(str(d).encode())
+    for f in files:
+        st = f.lstat()
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _arcname(path: Path) -> str:
+    return str(path).lstrip("/")
+
+
+def _write_tar(target: Path, members: Iterable[tuple[Path, str]]) -> int:
+    """Write ``(file, arcname)`` members to ``target`` atomically; return their total size."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    total = 0
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+            for path, arcname in members:
+                info = tar.gettarinfo(str(path), arcname)
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                if info.isreg():
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                    total += info.size
+                elif info.issym():
+                    tar.addfile(info)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    return total
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def runtime_tar(cache: Path | None = None) -> tuple[Path, int]:
+    """The cached runtime tar for this interpreter and environment, built if missing."""
+    dirs = runtime_dirs()
+    files = [f for d in dirs for f in _walk(d, keep_pycache=True)]
+    lib = shared_library()
+    if lib is not None:
+        files.append(lib)
+    key = _fingerprint(dirs, files)
+    where = (cache or cache_root()) / "guest-python"
+    target = where / f"runtime-{key}.tar"
+    size_file = target.with_suffix(".size")
+    if target.exists() and size_file.exists():
+        return target, int(size_file.read_text())
+    size = _write_tar(target, ((f, _arcname(f)) for f in files))
+    size_file.write_text(f"{size}\n")
+    for old in where.glob("runtime-*.tar"):  # one generation: the environment changed
+        if old != target:
+            _unlink(str(old))
+            _unlink(str(old.with_suffix(".size")))
+    return target, size
+
+
+# ---------------------------------------------------------------- the project tar (per guest)
+
+
+def _compiled(source: Path, stage: Path) -> Path | None:
+    """Bytecode of ``source`` compiled into ``stage`` (mirroring its path), named and stamped as
+    Python would (mtime and size of the source), with the source's own path in tracebacks."""
+    cfile = Path(str(stage) + importlib.util.cache_from_source(str(source)))
+    try:
+        py_compile.compile(
+            str(source),
+            cfile=str(cfile),
+            dfile=str(source),
+            doraise=True,
+            invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP,
+        )
+    except py_compile.PyCompileError:
+        return None  # the guest reports the syntax error itself, as the host would
+    return cfile
+
+
+def project_tar(root: Path, target: Path) -> tuple[tuple[Path, ...], int]:
+    """Write the project's packages (sources and host-compiled bytecode) to ``target``."""
+    dirs = project_dirs(root)
+    with tempfile.TemporaryDirectory(prefix="lvsconf-pyc-") as stage_name:
+        stage = Path(stage_name)
+        members: list[tuple[Path, str]] = []
+        for d in dirs:
+            for f in _walk(d, keep_pycache=False):
+                members.append((f, _arcname(f)))
+                if f.suffix == ".py":
+                    cfile = _compiled(f, stage)
+                    if cfile is not None:
+                        members.append((cfile, cfile.relative_to(stage).as_posix()))
+        size = _write_tar(target, members)
+    return dirs, size
+
+
+def prepare(root: Path, guest_dir: Path, cache: Path | None = None) -> GuestPython:
+    """Both tar files for a guest that runs ``root``'s project; the project tar in ``guest_dir``."""
+    runtime, runtime_size = runtime_tar(cache)
+    project = guest_dir / "project.tar"
+    pdirs, project_size = project_tar(root, project)
+    size_mb = (runtime_size + project_size) // (1 << 20) + 64  # tar rounding, small files
+    lib = shared_library()
+    covered = (*runtime_dirs(), *((lib,) if lib else ()), *pdirs)
+    return GuestPython(runtime, project, covered, size_mb)

@@ -1,0 +1,100 @@
+"""The guest's Python from memory (harness/lanes/guest_python.py), without a VM.
+
+The guest side is the prelude's shell lines; here they run in a private mount namespace
+(``unshare --mount``), which is what a guest is for this purpose: the tmpfs and bind mounts
+vanish with it, and the host's own mounts are never touched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import marshal
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from harness.lanes import guest_python
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> guest_python.GuestPython:
+    base = tmp_path_factory.mktemp("guest-python")
+    return guest_python.prepare(ROOT, base, cache=base / "cache")
+
+
+def test_the_runtime_is_cached_and_leaves_developer_tools_out(
+    prepared: guest_python.GuestPython,
+) -> None:
+    again, _ = guest_python.runtime_tar(prepared.runtime_tar.parent.parent)
+    assert again == prepared.runtime_tar  # same environment: the same file, not rebuilt
+    with tarfile.open(prepared.runtime_tar) as tar:
+        names = tar.getnames()
+    site = Path(importlib.util.find_spec("pytest").origin).parent.parent  # type: ignore[arg-type]
+    assert f"{str(site).lstrip('/')}/pytest/__init__.py" in names
+    assert not any(f"{str(site).lstrip('/')}/mypy/" in n for n in names)
+    stdlib = Path(shutil.__file__).parent
+    assert f"{str(stdlib).lstrip('/')}/shutil.py" in names
+    assert not any(n.startswith(f"{str(stdlib).lstrip('/')}/test/") for n in names)
+
+
+def test_project_bytecode_is_the_hosts_and_names_the_real_source(
+    prepared: guest_python.GuestPython,
+) -> None:
+    source = ROOT / "harness" / "lanes" / "guest_python.py"
+    pyc = Path(importlib.util.cache_from_source(str(source)))
+    with tarfile.open(prepared.project_tar) as tar:
+        names = tar.getnames()
+        data = tar.extractfile(str(pyc).lstrip("/")).read()  # type: ignore[union-attr]
+    assert str(source).lstrip("/") in names
+    assert not any("__pycache__" in n and not n.endswith(".pyc") for n in names)
+    # a timestamp pyc: Python in the guest accepts it for this very source
+    st = source.stat()
+    assert int.from_bytes(data[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
+    assert int.from_bytes(data[12:16], "little") == st.st_size & 0xFFFFFFFF
+    assert marshal.loads(data[16:]).co_filename == str(source)  # tracebacks show real paths
+
+
+def test_the_prelude_quotes_every_path(tmp_path: Path) -> None:
+    odd = tmp_path / "a b$(touch x)"
+    gp = guest_python.GuestPython(odd / "r.tar", odd / "p.tar", (odd,), 10)
+    text = gp.guest_prelude()
+    assert "'" + str(odd / "r.tar") + "'" in text
+    assert f"mount --bind {guest_python.GUEST_MOUNT}'{odd}' '{odd}'" in text
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_python_in_a_private_mount_namespace_imports_from_memory(
+    prepared: guest_python.GuestPython,
+) -> None:
+    """What the guest does: after the prelude, the interpreter's standard library,
+    site-packages and the project's packages come from the tmpfs, and the suite's modules
+    import with their real paths."""
+    probe = (
+        "import os, shutil, pytest, harness.topology as t; "
+        "print(shutil.__file__, pytest.__file__, t.__file__, t.__cached__)"
+    )
+    script = (
+        f"{prepared.guest_prelude()} && "
+        "grep -c ' lvsconf-python ' /proc/self/mountinfo && "
+        f"cd {ROOT} && {sys.executable} -c '{probe}'"
+    )
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "importing over 9p" not in out.stderr, out.stderr
+    lines = out.stdout.split()
+    assert int(lines[0]) == 1 + len(prepared.covered)  # the tmpfs and each bind
+    assert lines[3] == str(ROOT / "harness" / "topology.py")
+    # nothing of it reached the host's own mount table
+    assert " lvsconf-python " not in Path("/proc/self/mountinfo").read_text()
