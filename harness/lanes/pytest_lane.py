@@ -35,8 +35,8 @@ from typing import Any
 
 import pytest
 
-from harness import runs
-from harness.lanes import debian, provision, vm
+from harness import runs, settings
+from harness.lanes import debian, guest_python, provision, vm
 from harness.lanes.guest_records import (
     GuestRecorder,
     failed_records,
@@ -48,6 +48,9 @@ from harness.lanes.provision import Lane, LaneError
 
 SLOWDOWN = "20"  # Python in a TCG guest is ~20x slower (docs/architecture.md §6.5)
 KERNEL_MARK = "kernel"
+GUEST_WORKERS = 4
+#: four guest workers and the guest Python in memory (~170 MB of tmpfs) need more than 1G
+GUEST_MEMORY = "2G"
 
 
 # ---------------------------------------------------------------- host side: the guest command
@@ -57,10 +60,11 @@ def guest_pytest_args(config: pytest.Config, nodeids_file: Path, results: Path) 
     """pytest arguments for the guest: the same node ids and the options that matter."""
     # -p no:hypothesispytest (and no:xdist for one process): importing those plugins costs
     # 15-30 s under TCG (tests that use hypothesis still import it themselves).
-    # LVSCONF_GUEST_WORKERS=N runs the guest's pytest with xdist over its N vCPUs.
+    # LVSCONF_GUEST_WORKERS=N (default 4) runs the guest's pytest with N xdist workers: most
+    # cases wait on kernel timers, so the waits overlap (docs/architecture.md §6, item 10).
     workers = guest_workers()
     args = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]
-    args += ["-n", str(workers)] if workers > 1 else ["-p", "no:xdist"]
+    args += ["-n", str(workers), "--dist", "worksteal"] if workers > 1 else ["-p", "no:xdist"]
     args += [
         "-p",
         "harness.lanes.pytest_lane",
@@ -87,16 +91,17 @@ def guest_pytest_args(config: pytest.Config, nodeids_file: Path, results: Path) 
 
 
 def guest_workers() -> int:
-    raw = os.environ.get("LVSCONF_GUEST_WORKERS", "1")
+    raw = os.environ.get("LVSCONF_GUEST_WORKERS", str(GUEST_WORKERS))
     if not raw.isdigit() or int(raw) < 1:
         raise LaneError(f"LVSCONF_GUEST_WORKERS={raw!r} is not a positive integer; e.g. 2")
     return int(raw)
 
 
-def guest_command(python: str, pytest_args: list[str]) -> str:
-    """The guest's shell command: load ip_vs first (its sysctls exist only after), then pytest."""
+def guest_command(python: str, pytest_args: list[str], prelude: str = "") -> str:
+    """The guest's shell command: ``prelude`` (the guest Python in memory,
+    :mod:`harness.lanes.guest_python`), load ip_vs (its sysctls exist only after), then pytest."""
     argv = " ".join(shlex.quote(a) for a in [python, "-m", "pytest", *pytest_args])
-    return f"modprobe ip_vs; exec {argv}"
+    return f"{prelude + '; ' if prelude else ''}modprobe ip_vs; exec {argv}"
 
 
 class GuestEcho:
@@ -255,6 +260,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         run = by_label.get(_item_label(item), state.lanes[0])  # unlabelled: the first lane
         run.nodeids.append(item.nodeid)
         state.by_nodeid[item.nodeid] = run
+    # VM-lane items first (stable): the worker that reaches the first one waits for the whole
+    # guest, so it should reach it at once, while the other workers run every host item in the
+    # meantime (xdist's worksteal hands out contiguous ranges and steals from their ends).
+    in_vm = [i for i in items if (r := state.by_nodeid.get(i.nodeid)) and r.lane and r.lane.is_vm]
+    if in_vm:
+        chosen = {id(i) for i in in_vm}
+        items[:] = in_vm + [i for i in items if id(i) not in chosen]
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -414,14 +426,17 @@ def _run_guest(state: LaneState, lane_run: LaneRun, d: Path) -> None:
     try:
         tree = lane.provide(say)
         release = tree.release
+        prelude = ""
+        if settings.current().guest_python == "memory":
+            prelude = guest_python.prepare(config.rootpath, d).guest_prelude()
         run = vm.GuestRun(
             image=tree.image,
             command=guest_command(
-                sys.executable, guest_pytest_args(config, d / "nodeids.txt", results)
+                sys.executable, guest_pytest_args(config, d / "nodeids.txt", results), prelude
             ),
             cwd=config.rootpath,
             rwdir=d,
-            memory=os.environ.get("LVSCONF_GUEST_MEM", "1G"),
+            memory=os.environ.get("LVSCONF_GUEST_MEM", GUEST_MEMORY),
             env={
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "LVSCONF_SLOWDOWN": SLOWDOWN,

@@ -1,4 +1,4 @@
-"""``lvsconf bench model|traffic|datapath``: benchmarks that print figures and a final ratio line.
+"""``lvsconf bench model|traffic|datapath|suite``: benchmarks printing figures and a ratio line.
 
 Each target lives in :mod:`lvsconf.bench.<target>` exposing ``add_arguments(parser)`` and
 ``run(args) -> int``. Benchmarks measure side by side in one run; they assert nothing.
@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib
 
-TARGETS = ("model", "traffic", "datapath")
+TARGETS = ("model", "traffic", "datapath", "suite")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("bench", help="print benchmark figures (model, traffic, datapath)")
+    parser = sub.add_parser(
+        "bench", help="print benchmark figures (model, traffic, datapath, suite)"
+    )
     targets = parser.add_subparsers(dest="target", metavar="TARGET", required=True)
     for name in TARGETS:
         try:

@@ -140,10 +140,12 @@ def test_guest_pytest_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert args[args.index("--impl") + 1] == "kernel"
     assert args[args.index("--timeout") + 1] == "600.0"
     assert "no:cacheprovider" in args and args[-1] == f"@{tmp_path / 'ids'}"
-    assert "no:xdist" in args and "-n" not in args
-    monkeypatch.setenv("LVSCONF_GUEST_WORKERS", "2")
+    # four workers by default, spread by worksteal; one worker: no xdist at all
+    assert args[args.index("-n") + 1] == "4" and "no:xdist" not in args
+    assert args[args.index("--dist") + 1] == "worksteal"
+    monkeypatch.setenv("LVSCONF_GUEST_WORKERS", "1")
     args = pytest_lane.guest_pytest_args(config, tmp_path / "ids", tmp_path / "r.jsonl")  # type: ignore[arg-type]
-    assert args[args.index("-n") + 1] == "2" and "no:xdist" not in args
+    assert "no:xdist" in args and "-n" not in args
     monkeypatch.setenv("LVSCONF_GUEST_WORKERS", "two")
     with pytest.raises(LaneError, match="not a positive integer"):
         pytest_lane.guest_pytest_args(config, tmp_path / "ids", tmp_path / "r.jsonl")  # type: ignore[arg-type]

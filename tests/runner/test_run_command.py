@@ -21,7 +21,12 @@ def test_defaults_run_the_installed_suite_without_slow_cases() -> None:
     assert argv[0] == str(run_cmd.conformance_dir())
     assert argv[argv.index("--lvs-report") + 1] == "lvs-report"
     assert argv[argv.index("-m") + 1] == "not slow"
-    assert "--impl" not in argv and "--kernel" not in argv and "-n" not in argv
+    assert "--impl" not in argv and "--kernel" not in argv
+    # workers by default (the cases' timer waits overlap), spread by worksteal
+    assert argv[argv.index("-n") + 1] == str(run_cmd.default_workers())
+    assert argv[argv.index("--dist") + 1] == "worksteal"
+    one = run_cmd.pytest_args(_args("-n", "0"))
+    assert one[one.index("-n") + 1] == "0" and "--dist" not in one
 
 
 def test_options_map_onto_pytest() -> None:
@@ -52,7 +57,7 @@ def test_options_map_onto_pytest() -> None:
 
 
 def test_bad_worker_count_is_rejected() -> None:
-    with pytest.raises(run_cmd.RunInputError, match="-n zero: expected a positive number"):
+    with pytest.raises(run_cmd.RunInputError, match="-n zero: expected a number of workers"):
         run_cmd.pytest_args(_args("-n", "zero"))
 
 
@@ -64,7 +69,7 @@ def test_bad_worker_count_is_rejected() -> None:
             ["--impl", "no_such_module_h7x:Thing"],
             "lvsconf: --impl no_such_module_h7x:Thing: cannot import module no_such_module_h7x",
         ),
-        (["-n", "-3"], "lvsconf: -n -3: expected a positive number of workers or auto"),
+        (["-n", "-3"], "lvsconf: -n -3: expected a number of workers (0: one process) or auto"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str) -> None:
