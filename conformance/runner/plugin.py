@@ -384,9 +384,10 @@ def pytest_report_teststatus(
 ) -> tuple[str, str, str] | None:
     """Verdict words in verbose output (EXACT, EQUIVALENT, DIVERGES, ...), pytest's categories."""
     record = record_of(report)
-    if record is None or report.when != "call" and record["verdict"] not in ("skip", "unsupported"):
+    verdict = record.get("verdict") if record is not None else None
+    if verdict is None or report.when != "call" and verdict not in ("skip", "unsupported"):
         return None  # setup/teardown errors keep pytest's own "error" category
-    words = VERDICT_WORDS.get(record["verdict"])
+    words = VERDICT_WORDS.get(verdict)
     if words is not None and os.environ.get(PROGRESS_ENV):
         return words[0], "", words[2]  # lvsconf run prints its own progress line per case
     return words

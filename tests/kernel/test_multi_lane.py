@@ -103,7 +103,10 @@ def fake_run_guest(state, lane_run, d):
     (d / "done.json").write_text(json.dumps({"error": None, "release": lane_run.name + "-rel",
                                              "measurements": {"guest_seconds": 1.0}}))
 
-pytest_lane._run_guest = fake_run_guest
+# this session runs in the test's own process (runpytest_inprocess): the fake must go with
+# it, or a real kernel lane later in the same process (an xdist worker of ci/test) would
+# "boot" this fake and replay its records
+REAL_RUN_GUEST = pytest_lane._run_guest
 
 class Check:
     def __init__(self):
@@ -115,7 +118,11 @@ class Check:
 CHECK = Check()
 
 def pytest_configure(config):
+    pytest_lane._run_guest = fake_run_guest
     config.pluginmanager.register(CHECK, "check")
+
+def pytest_unconfigure(config):
+    pytest_lane._run_guest = REAL_RUN_GUEST
 
 def pytest_sessionfinish(session):
     print("SEEN", json.dumps(SEEN, sort_keys=True))
@@ -246,3 +253,16 @@ def test_waiting_for_the_guest_is_not_cut_by_the_per_case_timeout(
     )
     result.assert_outcomes(passed=3)
     assert "Timeout" not in result.stdout.str() + result.stderr.str()
+
+
+def test_the_fake_guest_does_not_outlive_its_session(
+    pytester: pytest.Pytester, fake_apt: Path
+) -> None:
+    """Regression (ci/test with workers): the in-process session above replaced the lane's
+    guest runner for the rest of the process, and a real kernel lane later in the same xdist
+    worker replayed the fake's records (no verdict: INTERNALERROR)."""
+    from harness.lanes import pytest_lane
+
+    real = pytest_lane._run_guest
+    test_each_lane_boots_its_own_guest_and_a_bad_lane_errors_only_its_items(pytester, fake_apt)
+    assert pytest_lane._run_guest is real
