@@ -463,7 +463,13 @@ def sweep() -> SweepReport:
 
 def _sweep_guest_dirs() -> list[str]:
     """Kernel-lane directories ``guest-<pid>-...`` (harness/lanes/pytest_lane.py) of pytest
-    sessions that died without their teardown (a killed xdist controller)."""
+    sessions that died without their teardown (a killed xdist controller).
+
+    Never inside a guest: there the lane's own directory is mounted at the same path, and the
+    host pid in its name means nothing to the guest's /proc (a guest that swept it deleted the
+    host's lock, node ids and results while the lane ran)."""
+    if settings.current().in_guest:
+        return []
     removed = []
     for d in STATE_DIR.glob("guest-*-*") if STATE_DIR.exists() else ():
         pid = d.name.split("-")[1]

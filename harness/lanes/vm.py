@@ -282,6 +282,27 @@ def _record_owner(pid: int) -> Callable[[], None]:
     return lambda: run.unregister_process(pid)
 
 
+#: a shell that outlives this process only to kill the VM's process group when this process
+#: dies without its teardown (an xdist worker killed with its controller); $1 = our pid,
+#: $2 = the VM's process group. A zombie counts as dead (its parent may be dying too). Polled
+#: once a second: it only waits for a death.
+_WATCHDOG = (
+    'alive() { s=$(sed "s/.*) //" "/proc/$1/stat" 2>/dev/null | cut -c1); '
+    '[ -n "$s" ] && [ "$s" != Z ]; }; '
+    'while alive "$1"; do sleep 1; done; kill -KILL "-$2" 2>/dev/null'
+)
+
+
+def _watch_for_our_death(vm_group: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["sh", "-c", _WATCHDOG, "lvsconf-vm-watchdog", str(os.getpid()), str(vm_group)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a signal to our process group must not take it first
+    )
+
+
 def run_guest(run: GuestRun, on_line: LineSink, console_lines: int = 80) -> GuestResult:
     """Boot, run, stream guest stdout+stderr lines to ``on_line``; the caller holds the lock.
 
@@ -306,6 +327,7 @@ def run_guest(run: GuestRun, on_line: LineSink, console_lines: int = 80) -> Gues
             start_new_session=True,
         )
         forget = _record_owner(proc.pid)
+        watchdog = _watch_for_our_death(proc.pid)
         try:
             _pump(proc, on_line, console, start + run.timeout)
             rc = proc.wait(timeout=max(1.0, start + run.timeout - time.monotonic()))
@@ -319,6 +341,8 @@ def run_guest(run: GuestRun, on_line: LineSink, console_lines: int = 80) -> Gues
             raise
         finally:
             forget()
+            watchdog.kill()
+            watchdog.wait()
         _kill_group(proc)  # stray helpers (virtiofsd, qemu) must not survive vng
     return GuestResult(rc, time.monotonic() - start, "\n".join(console))
 

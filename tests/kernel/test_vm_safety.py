@@ -129,3 +129,62 @@ def test_scratch_dirs_avoid_an_unsafe_tmpdir(
         assert d.parent == Path("/tmp") and oct(d.stat().st_mode & 0o777) == "0o700"
     finally:
         shutil.rmtree(d)
+
+
+WATCHED_CHILD = """
+import os, subprocess, sys
+from harness.lanes import vm
+fake_vm = subprocess.Popen(["sleep", "300"], start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+vm._watch_for_our_death(fake_vm.pid)
+print(fake_vm.pid, flush=True)
+os._exit(0)  # dies without any teardown, as a worker killed with its controller
+"""
+
+
+def test_a_vm_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """Regression: SIGTERM to ci/test's xdist controller killed the worker running the guest
+    before its teardown, and QEMU ran on until the next sweep."""
+    import subprocess
+    import time
+
+    out = subprocess.run(
+        [sys.executable, "-c", WATCHED_CHILD], capture_output=True, text=True, timeout=60
+    )
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and runs.is_alive(pid, runs.proc_start_time(pid) or 0):
+        time.sleep(0.1)  # polling interval of a bounded wait
+    alive = Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+    if alive:
+        os.kill(pid, 9)
+    assert not alive, "the fake VM outlived the process that started it"
+
+
+def _state(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        raw = Path(f"/proc/{pid}/stat").read_text()
+        return raw[raw.rindex(")") + 2]
+    return "gone"
+
+
+def test_a_sweep_inside_the_guest_leaves_the_lanes_directory_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the guest's own session-start sweep saw the lane's directory (mounted at the
+    same path, named after a host pid the guest's /proc does not have) and emptied it while
+    the lane ran: a second guest booted for the same cases."""
+    from harness import settings
+
+    monkeypatch.setattr(runs, "STATE_DIR", tmp_path)
+    monkeypatch.setattr(runs, "OWNERS_DIR", tmp_path / "owners")
+    lane_dir = tmp_path / "guest-999999999-abc-0"
+    lane_dir.mkdir()
+    monkeypatch.setenv("LVSCONF_IN_GUEST", "1")
+    settings.current.cache_clear()
+    try:
+        assert runs.sweep().removed_dirs == [] and lane_dir.exists()
+    finally:
+        monkeypatch.delenv("LVSCONF_IN_GUEST")
+        settings.current.cache_clear()
+    assert runs.sweep().removed_dirs == [lane_dir.name]
