@@ -30,6 +30,9 @@ def workdir(stack: contextlib.ExitStack, run: runs.Run | None, netns: str, tag: 
     return path
 
 
+CONTROL_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
 @contextlib.contextmanager
 def netns_process(
     argv: Sequence[str],
@@ -51,6 +54,12 @@ def netns_process(
     def preexec() -> None:
         die_with_parent()  # before exec: no window in which the harness could die first
         enter()
+        # A program under test starts with the signals it is controlled by at their defaults,
+        # whatever lvsconf inherited: under nohup (or as a background job of a script) they
+        # arrive ignored, and a shell cannot trap a signal that was ignored at its start (a
+        # signal-mode exec program then never applied: "did not confirm generation 1").
+        for sig in CONTROL_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
 
     proc = subprocess.Popen(
         list(argv),

@@ -243,6 +243,32 @@ def test_signal_mode_program_runs_in_the_director_and_sees_every_edit(
 
 @pytest.mark.netns
 @pytest.mark.timeout(120)
+@pytest.mark.topology(real_servers=1, families=(IPV4,), fwd=Fwd.DR)
+def test_a_program_under_test_starts_with_its_control_signals_at_default(
+    net: Net, tmp_path: Path
+) -> None:
+    """Regression (ci/test started under nohup): the program inherited SIGHUP ignored, and a
+    shell cannot trap a signal ignored at its start, so a signal-mode program never applied."""
+    import signal
+
+    from harness import processes
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with (
+            (tmp_path / "log").open("wb") as log,
+            processes.netns_process(["sleep", "30"], net.director.netns, net.run, log) as proc,
+        ):
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    ignored = int(next(ln for ln in status.splitlines() if ln.startswith("SigIgn:")).split()[1], 16)
+    for sig in processes.CONTROL_SIGNALS:
+        assert not ignored >> (sig - 1) & 1, f"{sig.name} ignored in the program under test"
+
+
+@pytest.mark.netns
+@pytest.mark.timeout(120)
 @pytest.mark.topology(real_servers=3, families=(IPV4,), fwd=Fwd.DR)
 def test_a_failing_apply_is_one_line_with_the_programs_own_words(net: Net, tmp_path: Path) -> None:
     (tmp_path / "m.toml").write_text(
