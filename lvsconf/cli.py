@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
 
 import lvsconf.commands
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = 130  # what a command returns when Ctrl-C ended it
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
@@ -40,10 +44,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(func(args))
+        code = int(func(args))
     except KeyboardInterrupt:
+        _teardown_only()
         print("lvsconf: interrupted", file=sys.stderr)
         return 130
+    if code == INTERRUPTED:
+        _teardown_only()
+    return code
+
+
+def _teardown_only() -> None:
+    """After an interrupt only teardown is left (atexit: the run's namespaces, records, scratch
+    files): further Ctrl-C presses must not cut it short. Under xdist a KeyboardInterrupt could
+    otherwise escape from the controller's teardown (pytest restores Python's own handler) and
+    the process died by SIGINT instead of exiting 130."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,17 @@ what and how to fix), 3 internal error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conformance.runner.plugin import PROGRESS_ENV, REQUIRE_CASES_ENV
+from harness import runs
 from harness.implementations.registry import ImplError, resolve
 from harness.lanes.provision import JoinKernels
 
@@ -89,6 +93,50 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "pytest_args", nargs=argparse.REMAINDER, help="after --: extra pytest arguments"
     )
     parser.set_defaults(func=run)
+
+
+def xdist_workers(parent: int | None = None) -> list[int]:
+    """Pids of the xdist workers this process started (execnet's popen children)."""
+    parent = os.getpid() if parent is None else parent
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == parent and b"exec(eval(sys.stdin.readline()))" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _forward_first_interrupt_to_workers() -> None:
+    """Ctrl-C in a terminal reaches every process of the run; ``kill -INT``/``-TERM`` (a CI
+    runner, a script) reaches this one only, and the xdist workers, which own the namespaces,
+    datapaths and VMs, would be cut off without their teardown. The first SIGINT/SIGTERM is
+    passed on to the workers (each tears down its own, with the project's interrupt policy),
+    then handled here by that policy: KeyboardInterrupt once, later ones only a notice."""
+    runs.install_interrupt_policy()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        policy = signal.getsignal(sig)
+        if not callable(policy):
+            continue  # ignored when we started (a background job): leave it so
+
+        def forward(signum: int, frame: Any, policy: Any = policy) -> None:
+            if not _forwarded["done"]:
+                _forwarded["done"] = True
+                for pid in xdist_workers():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signum)
+            policy(signum, frame)
+
+        signal.signal(sig, forward)
+
+
+_forwarded = {"done": False}
 
 
 def default_workers() -> int:
@@ -170,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"lvsconf: {exc}", file=sys.stderr)
         return 2
     print(f"lvsconf: pytest {' '.join(argv)}", file=sys.stderr)
+    _forward_first_interrupt_to_workers()
     saved = {k: os.environ.get(k) for k in (REQUIRE_CASES_ENV, PROGRESS_ENV)}
     os.environ[REQUIRE_CASES_ENV] = "1"  # an empty selection is an error, not a green
     os.environ[PROGRESS_ENV] = "1"
