@@ -54,6 +54,7 @@ def test_values() -> None:
         ("GUEST_MEM", "lots", "e.g. 1G"),
         ("GUEST_TIMEOUT", "1e999", "finite number >= 1"),
         ("GUEST_WORKERS", "two", "positive integer"),
+        ("GUEST_PYTHON", "ramdisk", "use memory or share"),
         ("SLOWDOWN", "0.5", ">= 1"),
         ("SLOWDOWN", "fast" * 100, "is not a number"),
         ("DEBIAN_MIRROR", "http://x/$(touch y)", "is not an http(s) URL"),
