@@ -27,6 +27,14 @@ def test_defaults_run_the_installed_suite_without_slow_cases() -> None:
     assert argv[argv.index("--dist") + 1] == "worksteal"
     one = run_cmd.pytest_args(_args("-n", "0"))
     assert one[one.index("-n") + 1] == "0" and "--dist" not in one
+    # kernel IPVS only, in VMs: the guest has the workers, the host runs one process
+    vm_only = run_cmd.pytest_args(_args("--impl", "kernel", "--kernel", "sid"))
+    assert vm_only[vm_only.index("-n") + 1] == "0"
+    # a host lane (native IPVS) overlaps its waits with host workers again
+    on_host = run_cmd.pytest_args(_args("--impl", "kernel", "--kernel", "host"))
+    assert on_host[on_host.index("-n") + 1] == str(run_cmd.default_workers())
+    mixed = run_cmd.pytest_args(_args("--impl", "kernel,reference", "--kernel", "sid"))
+    assert mixed[mixed.index("-n") + 1] == str(run_cmd.default_workers())
 
 
 def test_options_map_onto_pytest() -> None:
