@@ -60,14 +60,22 @@ class RunError(RuntimeError):
     """A run could not be set up; the message names the object and the fix."""
 
 
-def proc_start_time(pid: int) -> int | None:
-    """Start time (clock ticks since boot) of ``pid``, or None when no such process exists."""
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (``[0]`` is the state,
+    ``[1]`` the parent pid), or None when there is no such process."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
     # the command name may contain spaces and parentheses: split after the last ')'
-    fields = raw[raw.rindex(")") + 2 :].split()
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time (clock ticks since boot) of ``pid``, or None when no such process exists."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return None
     if fields[0] in ("Z", "X"):  # a zombie has finished: nothing left to kill or wait for
         return None
     return int(fields[19])  # field 22 overall; fields[0] is field 3 (state)

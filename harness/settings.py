@@ -45,6 +45,10 @@ PREFIX = "LVSCONF_"
 _MEMORY_RE = re.compile(r"[1-9][0-9]*[KMGT]?")
 _ACCELS = ("kvm", "tcg")
 _GUEST_PYTHON = ("memory", "share")
+#: four guest workers overlap the cases' timer waits; they and the guest Python in memory
+#: (~170 MB of tmpfs) need more than 1G (docs/architecture.md §6, items 8 and 10)
+GUEST_WORKERS = 4
+GUEST_MEMORY = "2G"
 
 
 class SettingsError(ValueError):
@@ -123,10 +127,10 @@ def from_environ(env: Mapping[str, str]) -> Settings:
     accel = env.get(PREFIX + "ACCEL", "").strip().lower() or None
     if accel is not None and accel not in _ACCELS:
         raise _bad("ACCEL", env[PREFIX + "ACCEL"], "is not valid; use kvm or tcg")
-    memory = env.get(PREFIX + "GUEST_MEM", "").strip() or "2G"
+    memory = env.get(PREFIX + "GUEST_MEM", "").strip() or GUEST_MEMORY
     if not _MEMORY_RE.fullmatch(memory):
         raise _bad("GUEST_MEM", memory, "is not a memory size; e.g. 1G or 1536M")
-    workers_raw = env.get(PREFIX + "GUEST_WORKERS", "").strip() or "4"
+    workers_raw = env.get(PREFIX + "GUEST_WORKERS", "").strip() or str(GUEST_WORKERS)
     if not workers_raw.isdigit() or not 1 <= int(workers_raw) <= 256:
         raise _bad("GUEST_WORKERS", workers_raw, "is not a positive integer; e.g. 2")
     guest_python = env.get(PREFIX + "GUEST_PYTHON", "").strip().lower() or "memory"

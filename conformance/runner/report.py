@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.files import umask, write_file
+
 SCHEMA = 1
 VERDICTS = ("exact", "equivalent", "diverges", "unsupported", "skip", "fail", "error")
 LETTERS = {
@@ -381,27 +383,6 @@ def check_target(out_dir: Path) -> None:
             )
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_file(path: Path, text: str) -> None:
-    """Write ``path`` atomically: a temporary file created exclusively next to it (mkstemp:
-    unpredictable name, O_EXCL, never following a planted symlink), then renamed over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _swap_in(staging: Path, out_dir: Path) -> None:
     """Put ``staging`` at ``out_dir``; a report already there becomes ``out_dir.prev``."""
     if out_dir.exists():
@@ -449,7 +430,7 @@ def write(
             source = out_dir / name
             if source.is_file() and not source.is_symlink():
                 os.rename(source, staging / name)
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, 0o777 & ~umask())
         _swap_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -21,7 +21,6 @@ enough memory), the guest says so in one line and imports over 9p as before: slo
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import os
@@ -35,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.files import atomic_writer
 from harness.lanes.provision import cache_root
 
 #: site-packages entries the guest never imports (type checkers and their runtime, linters,
@@ -127,7 +127,9 @@ def runtime_dirs() -> tuple[Path, ...]:
 
 
 def project_dirs(root: Path) -> tuple[Path, ...]:
-    """Top-level directories of the project holding Python files (not the venv, not hidden)."""
+    """Top-level directories of the project holding Python files (not the venv, not hidden),
+    as absolute paths: they are the guest's paths too."""
+    root = root.resolve()
     prefix = Path(sys.prefix).resolve()
     found = []
     for child in sorted(root.iterdir()):
@@ -162,8 +164,7 @@ def _walk(top: Path, keep_pycache: bool) -> Iterator[Path]:
         dirnames[:] = sorted(
             d
             for d in dirnames
-            if (keep_pycache or d != "__pycache__")
-            and not (d in SKIP_DIRS and d != "__pycache__")
+            if (d not in SKIP_DIRS or d == "__pycache__" and keep_pycache)
             and not _skipped(top, rel / d)
         )
         for name in sorted(filenames):
@@ -175,10 +176,8 @@ def _walk(top: Path, keep_pycache: bool) -> Iterator[Path]:
 # ---------------------------------------------------------------- the runtime tar (cached)
 
 
-def _fingerprint(dirs: Iterable[Path], files: list[Path]) -> str:
+def _fingerprint(files: list[Path]) -> str:
     h = hashlib.sha256(sys.version.encode())
-    for d in dirs:
-        h.update(str(d).encode())
     for f in files:
         st = f.lstat()
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -192,41 +191,33 @@ def _arcname(path: Path) -> str:
 def _write_tar(target: Path, members: Iterable[tuple[Path, str]]) -> int:
     """Write ``(file, arcname)`` members to ``target`` atomically; return their total size."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     total = 0
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
-            for path, arcname in members:
-                info = tar.gettarinfo(str(path), arcname)
-                info.uid = info.gid = 0
-                info.uname = info.gname = "root"
-                if info.isreg():
-                    with open(path, "rb") as f:
-                        tar.addfile(info, f)
-                    total += info.size
-                elif info.issym():
-                    tar.addfile(info)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        _unlink(tmp)
-        raise
+    with atomic_writer(target, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
+        for path, arcname in members:
+            info = tar.gettarinfo(str(path), arcname)
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            if info.isreg():
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+                total += info.size
+            elif info.issym():
+                tar.addfile(info)
     return total
 
 
-def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+def runtime_paths() -> tuple[Path, ...]:
+    """What the runtime tar holds and the guest covers: :func:`runtime_dirs` and libpython."""
+    lib = shared_library()
+    return (*runtime_dirs(), *((lib,) if lib else ()))
 
 
 def runtime_tar(cache: Path | None = None) -> tuple[Path, int]:
     """The cached runtime tar for this interpreter and environment, built if missing."""
-    dirs = runtime_dirs()
-    files = [f for d in dirs for f in _walk(d, keep_pycache=True)]
-    lib = shared_library()
-    if lib is not None:
-        files.append(lib)
-    key = _fingerprint(dirs, files)
+    files = [
+        f for p in runtime_paths() for f in (_walk(p, keep_pycache=True) if p.is_dir() else [p])
+    ]
+    key = _fingerprint(files)
     where = (cache or cache_root()) / "guest-python"
     target = where / f"runtime-{key}.tar"
     size_file = target.with_suffix(".size")
@@ -236,8 +227,8 @@ def runtime_tar(cache: Path | None = None) -> tuple[Path, int]:
     size_file.write_text(f"{size}\n")
     for old in where.glob("runtime-*.tar"):  # one generation: the environment changed
         if old != target:
-            _unlink(str(old))
-            _unlink(str(old.with_suffix(".size")))
+            old.unlink(missing_ok=True)
+            old.with_suffix(".size").unlink(missing_ok=True)
     return target, size
 
 
@@ -247,7 +238,7 @@ def runtime_tar(cache: Path | None = None) -> tuple[Path, int]:
 def _compiled(source: Path, stage: Path) -> Path | None:
     """Bytecode of ``source`` compiled into ``stage`` (mirroring its path), named and stamped as
     Python would (mtime and size of the source), with the source's own path in tracebacks."""
-    cfile = Path(str(stage) + importlib.util.cache_from_source(str(source)))
+    cfile = stage / importlib.util.cache_from_source(str(source)).lstrip("/")
     try:
         py_compile.compile(
             str(source),
@@ -284,6 +275,4 @@ def prepare(root: Path, guest_dir: Path, cache: Path | None = None) -> GuestPyth
     project = guest_dir / "project.tar"
     pdirs, project_size = project_tar(root, project)
     size_mb = (runtime_size + project_size) // (1 << 20) + 64  # tar rounding, small files
-    lib = shared_library()
-    covered = (*runtime_dirs(), *((lib,) if lib else ()), *pdirs)
-    return GuestPython(runtime, project, covered, size_mb)
+    return GuestPython(runtime, project, (*runtime_paths(), *pdirs), size_mb)

@@ -48,9 +48,6 @@ from harness.lanes.provision import Lane, LaneError
 
 SLOWDOWN = "20"  # Python in a TCG guest is ~20x slower (docs/architecture.md §6.5)
 KERNEL_MARK = "kernel"
-GUEST_WORKERS = 4
-#: four guest workers and the guest Python in memory (~170 MB of tmpfs) need more than 1G
-GUEST_MEMORY = "2G"
 
 
 # ---------------------------------------------------------------- host side: the guest command
@@ -91,7 +88,7 @@ def guest_pytest_args(config: pytest.Config, nodeids_file: Path, results: Path) 
 
 
 def guest_workers() -> int:
-    raw = os.environ.get("LVSCONF_GUEST_WORKERS", str(GUEST_WORKERS))
+    raw = os.environ.get("LVSCONF_GUEST_WORKERS", str(settings.GUEST_WORKERS))
     if not raw.isdigit() or int(raw) < 1:
         raise LaneError(f"LVSCONF_GUEST_WORKERS={raw!r} is not a positive integer; e.g. 2")
     return int(raw)
@@ -436,7 +433,7 @@ def _run_guest(state: LaneState, lane_run: LaneRun, d: Path) -> None:
             ),
             cwd=config.rootpath,
             rwdir=d,
-            memory=os.environ.get("LVSCONF_GUEST_MEM", GUEST_MEMORY),
+            memory=os.environ.get("LVSCONF_GUEST_MEM", settings.GUEST_MEMORY),
             env={
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "LVSCONF_SLOWDOWN": SLOWDOWN,

@@ -19,7 +19,6 @@ verdict differs, else 0; a run that produced no results is an error (exit 3).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -30,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from conformance.runner import report as lvs_report
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +104,9 @@ def _run_once(args: argparse.Namespace, impl: str, mode: Mode, out: Path) -> Lan
     with log.open("w") as f:
         code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env, check=False)
     wall = time.monotonic() - start
-    results = report / "results.json"
     records: list[dict[str, Any]] = []
-    if results.exists():
-        records = [r for r in json.loads(results.read_text())["results"] if r.get("verdict")]
+    if (report / "results.json").exists():
+        records = [r for r in lvs_report.load(report) if r.get("verdict")]
     starts = [r["finished"] - r.get("duration", 0.0) for r in records if r.get("finished")]
     return LaneRun(
         lane=impl,
@@ -131,6 +131,11 @@ def _line(r: LaneRun) -> str:
         f"  {r.lane:<10} {r.mode:<7} cases {n:4d}  first case {first:>6}  per case {per}  "
         f"total {r.wall:.0f} s  (exit {r.code})"
     )
+
+
+def equal_verdicts(serial: LaneRun, tuned: LaneRun) -> int:
+    """Cases of the serial run with the same verdict in the tuned run."""
+    return sum(1 for nodeid, v in serial.verdicts.items() if tuned.verdicts.get(nodeid) == v)
 
 
 def compare(serial: LaneRun, tuned: LaneRun) -> list[str]:
@@ -174,12 +179,11 @@ def run(args: argparse.Namespace) -> int:
                 status = max(status, 3)
                 continue
             diff = compare(serial, tuned)
-            same = len(serial.verdicts) - sum(1 for d in diff if "not run" not in d)
-            print(f"  verdicts: {same}/{len(serial.verdicts)} equal")
+            print(f"  verdicts: {equal_verdicts(serial, tuned)}/{len(serial.verdicts)} equal")
             if diff:
                 print("\n".join(diff))
                 status = max(status, 1)
-            ratio = serial.wall / tuned.wall if tuned.wall else None
+            ratio = serial.wall / tuned.wall
             print(f"  speed-up {ratio:.2f}x (serial {serial.wall:.0f} s, tuned {tuned.wall:.0f} s)")
     finally:
         if not args.keep:

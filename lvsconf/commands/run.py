@@ -102,16 +102,12 @@ def xdist_workers(parent: int | None = None) -> list[int]:
     parent = os.getpid() if parent is None else parent
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+        fields = runs.proc_stat(entry) if entry.isdigit() else None
+        if fields is None or int(fields[1]) != parent:
             continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == parent and b"exec(eval(sys.stdin.readline()))" in cmdline:
-            found.append(int(entry))
+        with contextlib.suppress(OSError):
+            if b"exec(eval(sys.stdin.readline()))" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
     return found
 
 

@@ -31,8 +31,10 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> guest_python.GuestPyth
 def test_the_runtime_is_cached_and_leaves_developer_tools_out(
     prepared: guest_python.GuestPython,
 ) -> None:
+    built = prepared.runtime_tar.stat().st_mtime_ns
     again, _ = guest_python.runtime_tar(prepared.runtime_tar.parent.parent)
-    assert again == prepared.runtime_tar  # same environment: the same file, not rebuilt
+    assert again == prepared.runtime_tar  # same environment: the same file,
+    assert again.stat().st_mtime_ns == built  # not rebuilt
     with tarfile.open(prepared.runtime_tar) as tar:
         names = tar.getnames()
     site = Path(importlib.util.find_spec("pytest").origin).parent.parent  # type: ignore[arg-type]
@@ -98,3 +100,16 @@ def test_python_in_a_private_mount_namespace_imports_from_memory(
     assert lines[3] == str(ROOT / "harness" / "topology.py")
     # nothing of it reached the host's own mount table
     assert " lvsconf-python " not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_a_relative_project_root_gives_the_guest_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    dirs, _ = guest_python.project_tar(Path("."), tmp_path / "p.tar")
+    assert dirs and all(d.is_absolute() for d in dirs)
+    with tarfile.open(tmp_path / "p.tar") as tar:
+        assert (
+            str(importlib.util.cache_from_source(str(ROOT / "impl" / "types.py"))).lstrip("/")
+            in tar.getnames()
+        )

@@ -146,26 +146,16 @@ def test_a_vm_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     """Regression: SIGTERM to ci/test's xdist controller killed the worker running the guest
     before its teardown, and QEMU ran on until the next sweep."""
     import subprocess
-    import time
 
     out = subprocess.run(
         [sys.executable, "-c", WATCHED_CHILD], capture_output=True, text=True, timeout=60
     )
     pid = int(out.stdout.split()[0])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and runs.is_alive(pid, runs.proc_start_time(pid) or 0):
-        time.sleep(0.1)  # polling interval of a bounded wait
-    alive = Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
-    if alive:
-        os.kill(pid, 9)
-    assert not alive, "the fake VM outlived the process that started it"
-
-
-def _state(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        raw = Path(f"/proc/{pid}/stat").read_text()
-        return raw[raw.rindex(")") + 2]
-    return "gone"
+    start = runs.proc_start_time(pid)  # None: already killed (or a zombie: dead too)
+    survivors = [] if start is None else runs.wait_gone([runs.ChildRecord(pid, start)], 10)
+    for survivor in survivors:
+        os.kill(survivor, 9)
+    assert survivors == [], "the fake VM outlived the process that started it"
 
 
 def test_a_sweep_inside_the_guest_leaves_the_lanes_directory_alone(
