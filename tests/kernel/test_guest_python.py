@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import marshal
+import os
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,18 @@ def test_project_bytecode_is_the_hosts_and_names_the_real_source(
     assert marshal.loads(data[16:]).co_filename == str(source)  # tracebacks show real paths
 
 
+def in_private_mounts(script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a shell script in a private mount namespace (what a guest is, for the prelude)."""
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **env},
+    )
+
+
 def test_the_prelude_quotes_every_path(tmp_path: Path) -> None:
     odd = tmp_path / "a b$(touch x)"
     gp = guest_python.GuestPython(odd / "r.tar", odd / "p.tar", (odd,), 10)
@@ -86,13 +99,7 @@ def test_python_in_a_private_mount_namespace_imports_from_memory(
         "grep -c ' lvsconf-python ' /proc/self/mountinfo && "
         f"cd {ROOT} && {sys.executable} -c '{probe}'"
     )
-    out = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    out = in_private_mounts(script)
     assert out.returncode == 0, out.stderr
     assert "importing over 9p" not in out.stderr, out.stderr
     lines = out.stdout.split()
@@ -100,6 +107,38 @@ def test_python_in_a_private_mount_namespace_imports_from_memory(
     assert lines[3] == str(ROOT / "harness" / "topology.py")
     # nothing of it reached the host's own mount table
     assert " lvsconf-python " not in Path("/proc/self/mountinfo").read_text()
+
+
+REWRITE_PROBE = """
+import sys
+import _pytest.assertion.rewrite as rewrite
+done = []
+original = rewrite._rewrite_test
+def counted(fn, config):
+    done.append(str(fn))
+    return original(fn, config)
+rewrite._rewrite_test = counted
+import pytest
+rc = pytest.main(["--co", "-q", "-p", "no:cacheprovider", "-p", "no:hypothesispytest",
+                  "--impl", "reference", "conformance/test_forwarding.py"])
+print("REWRITTEN", len(done), *done[:5])
+sys.exit(rc)
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_pytest_in_the_guest_finds_every_module_already_rewritten(
+    prepared: guest_python.GuestPython,
+) -> None:
+    """pytest rewrites the asserts of test modules and of every module of a plugin's
+    distribution (the project is one). The tar files carry that rewritten bytecode, so a
+    collection from memory, which may not write bytecode, rewrites nothing itself."""
+    script = f'{prepared.guest_prelude()} && cd {ROOT} && {sys.executable} -c "$PROBE"'
+    out = in_private_mounts(script, PROBE=REWRITE_PROBE, PYTHONDONTWRITEBYTECODE="1")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    counted = [line for line in out.stdout.splitlines() if line.startswith("REWRITTEN")]
+    assert counted == ["REWRITTEN 0"], out.stdout[-2000:]
+    assert "test_forwarding.py::test_dport[reference-ipv4]" in out.stdout
 
 
 def test_a_relative_project_root_gives_the_guest_absolute_paths(
