@@ -27,12 +27,13 @@ from typing import Any
 import pytest
 
 from conformance.runner import report as lvs_report
+from conformance.runner import schedule
 from conformance.runner.case import Case, ModelFactory, TrafficFn, Unsupported
 from conformance.runner.grading import CaseResult
 from conformance.runner.rules import RuleInfo, rule_of
 from harness.api import Implementation
 from harness.implementations.registry import ImplError, Selection, resolve
-from harness.lanes.pytest_lane import lane_ids
+from harness.lanes.pytest_lane import lane_ids, replayed
 from impl.kernel_level import DEFAULT, KernelLevel, parse_release
 from impl.types import Family
 
@@ -117,6 +118,35 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 pytest.param((impl.name, family), id=f"{name}-{family.label}", marks=marks)
             )
     metafunc.parametrize("case", params, indirect=True)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist (controller): tell each worker the distribution mode, which workers do not see."""
+    node.workerinput[schedule.DIST_KEY] = node.config.getoption("dist", "no")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> Generator[None, None, None]:
+    """Under xdist's worksteal, start the longest cases first, one per worker
+    (:mod:`conformance.runner.schedule`). Runs after every other implementation of this hook:
+    after -k/-m deselection and after the kernel lanes put their replayed items first."""
+    yield
+    workers = schedule.xdist_workers(config)
+    if workers <= 1 or not schedule.longest_first(workers):
+        return  # one process, or few workers per CPU: collection order (see schedule)
+    impls = {i.name: i for i in selection(config).impls}
+
+    def cost(item: pytest.Item) -> float:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params.get("case") if callspec is not None else None
+        impl = impls.get(params[0]) if isinstance(params, tuple) else None
+        return 0.0 if impl is None else schedule.planned_seconds(item, impl, level_for(impl))
+
+    fixed = next((n for n, item in enumerate(items) if not replayed(item)), len(items))
+    items[:] = schedule.spread(items, cost, fixed=fixed, workers=workers)
 
 
 # --------------------------------------------------------------------------- the case fixture

@@ -217,6 +217,14 @@ def _state(config: pytest.Config) -> LaneState:
     return config.stash[_STATE]
 
 
+def replayed(item: pytest.Item) -> bool:
+    """Whether ``item`` is a VM-lane item: this process replays the guest's reports for it
+    instead of running it (known after this plugin's collection hook)."""
+    state = item.config.stash.get(_STATE, None)
+    run = state.by_nodeid.get(item.nodeid) if state is not None else None
+    return bool(run is not None and run.lane is not None and run.lane.is_vm)
+
+
 def _item_label(item: pytest.Item) -> str | None:
     marker = item.get_closest_marker(KERNEL_MARK)
     return marker.kwargs.get("lane") if marker is not None else None
@@ -260,7 +268,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # VM-lane items first (stable): the worker that reaches the first one waits for the whole
     # guest, so it should reach it at once, while the other workers run every host item in the
     # meantime (xdist's worksteal hands out contiguous ranges and steals from their ends).
-    in_vm = [i for i in items if (r := state.by_nodeid.get(i.nodeid)) and r.lane and r.lane.is_vm]
+    in_vm = [i for i in items if replayed(i)]
     if in_vm:
         chosen = {id(i) for i in in_vm}
         items[:] = in_vm + [i for i in items if id(i) not in chosen]
