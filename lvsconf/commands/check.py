@@ -26,7 +26,7 @@ from conformance.runner.plugin import REQUIRE_CASES_ENV
 from conformance.runner.scenario_files import SUFFIX, ScenarioFileError, read_timeline
 from harness.implementations.registry import ImplError, resolve
 from impl.predict import bounded
-from lvsconf.commands.run import conformance_dir
+from lvsconf.commands.run import NO_HYPOTHESIS, conformance_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -74,7 +74,7 @@ def check_argv(args: argparse.Namespace, staging: Path) -> list[str]:
             path = copy
         files.append(str(path))
     resolve(args.impl)
-    argv = [*files, "-p", "no:cacheprovider", "-v" if args.verbose else "-q"]
+    argv = [*files, "-p", "no:cacheprovider", *NO_HYPOTHESIS, "-v" if args.verbose else "-q"]
     if args.impl:
         argv += ["--impl", args.impl]
     if args.kernel:
