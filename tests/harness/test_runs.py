@@ -78,17 +78,30 @@ def leftovers(prefix: str) -> list[str]:
 
 # A child that parks in the middle of a build (after two real servers are configured, before
 # the director exists) and has registered a `sleep` process that must die with the run.
+#
+# It parks in a bounded select() loop, not in a bare readline(): CPython runs a signal's handler
+# only between bytecodes, or when a blocking call returns EINTR. A signal that lands after the
+# last check but before read() starts (the parent signals as soon as it reads MID; under load
+# the child can be preempted just there) is flagged but interrupts nothing, and read() then
+# blocks until stdin has data: a child "ignoring" SIGTERM for the whole timeout, with one
+# thread, no output and its stack still in readline(), as one soak run of 40 showed.
 MID_BUILD_CHILD = textwrap.dedent("""
-    import subprocess, sys
+    import select, subprocess, sys
     from harness import runs, topology
     from harness.topology import Topology, build
+
+    def park():
+        # returns when stdin has a line or EOF; a signal's handler runs within 0.1 s
+        while not select.select([sys.stdin], [], [], 0.1)[0]:
+            pass
+        sys.stdin.readline()
 
     original = topology._configure_rs
     def parked(net, rs):
         original(net, rs)
         if rs.index == 1:
             print("MID", net.run.prefix, flush=True)
-            sys.stdin.readline()  # parked until the parent signals, kills or releases us
+            park()  # until the parent signals, kills or releases us
     topology._configure_rs = parked
 
     run = runs.Run()
@@ -101,7 +114,7 @@ MID_BUILD_CHILD = textwrap.dedent("""
     finally:
         if "--park-in-teardown" in sys.argv:
             print("TEARDOWN", flush=True)
-            sys.stdin.readline()  # parked in teardown: more signals arrive here
+            park()  # parked in teardown: more signals arrive here
         sleeper.kill()
         sleeper.wait()
         run.close()
