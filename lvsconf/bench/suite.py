@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from conformance.runner import report as lvs_report
+from harness import settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guest-workers",
         metavar="N",
-        help="workers in the guest for the tuned run (default: LVSCONF_GUEST_WORKERS or 1)",
+        help="workers in the guest for the tuned run (default: LVSCONF_GUEST_WORKERS, else "
+        f"{settings.GUEST_WORKERS})",
     )
     parser.add_argument("--slow", action="store_true", help="include slow rules")
     parser.add_argument(
