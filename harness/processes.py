@@ -4,14 +4,28 @@ One place for what every such process needs: a private work directory under the 
 dir (the sweep removes it if the harness is SIGKILLed), entering the namespace before exec (so
 nothing it does lands in the host namespace), dying with the harness (PR_SET_PDEATHSIG, set
 before exec so there is no window), an owner-record entry for the sweep, and a bounded stop.
+
+:func:`netns_process` execs a program. :func:`forked_in_netns` runs a Python function of the
+project instead, in a process forked from multiprocessing's *forkserver*: a server process,
+started once per harness process, that has imported the function's module already. A fresh
+interpreter importing the reference datapath costs ~0.17 s of CPU, a third of a reference case
+(docs/architecture.md §6, item 15); a fork from the server costs a few milliseconds. The forked
+process gets the same treatment as an exec'd one (own session, namespace, default signals,
+stdout on a pipe, stderr in the log, registered with the run); it dies with the server, and the
+server exits when the harness does (its end of the server's pipe closes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import multiprocessing
+import multiprocessing.connection
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -70,11 +84,134 @@ def netns_process(
         preexec_fn=preexec,
         start_new_session=True,
     )
+    with _owned(proc, run, grace):
+        yield proc
+
+
+class Forked:
+    """What the harness uses of a :class:`subprocess.Popen`, for a forked process (same
+    meanings: ``returncode`` is None while it runs, ``-N`` if signal N ended it)."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, stdout: IO[bytes]) -> None:
+        self._process = process
+        self.stdout: IO[bytes] | None = stdout
+        self.args = process.name
+
+    @property
+    def pid(self) -> int:
+        assert self._process.pid is not None
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        self._process.join(0)
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        code = self._process.exitcode
+        if code is None:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # not after it is gone: its pid may be someone else's by then
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _forkserver(preload: str) -> multiprocessing.context.ForkServerContext:
+    ctx = multiprocessing.get_context("forkserver")
+    assert isinstance(ctx, multiprocessing.context.ForkServerContext)
+    ctx.set_forkserver_preload([__name__, preload])
+    return ctx
+
+
+def _forked_main(
+    netns: str,
+    function: str,
+    argv: list[str],
+    log: str,
+    stdout: multiprocessing.connection.Connection,
+) -> None:
+    """In the forked process: what :func:`netns_process`'s preexec and Popen do, then
+    ``function(argv)``; its return value is the exit status."""
+    os.setsid()
+    die_with_parent()  # the server: it exits, and so do we, when the harness does
+    for sig in CONTROL_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    null = os.open(os.devnull, os.O_RDONLY)
+    err = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(null, 0)
+    os.dup2(stdout.fileno(), 1)
+    os.dup2(err, 2)
+    for fd in (null, err):
+        os.close(fd)
+    stdout.close()
+    # Every other inherited descriptor goes, as exec with close_fds would do. Above all the
+    # forkserver hands each child a copy of the harness's end of the server's liveness pipe
+    # (so that a child could start processes itself): held here, the server would never see the
+    # harness die, and so this process, which dies with the server, would outlive it.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    runs.netns_preexec(netns)()
+    module, _, attr = function.partition(":")
+    sys.exit(getattr(importlib.import_module(module), attr)(argv))
+
+
+@contextlib.contextmanager
+def forked_in_netns(
+    function: str,
+    argv: Sequence[str],
+    netns: str,
+    run: runs.Run | None,
+    log: Path,
+    *,
+    grace: float = STOP_GRACE,
+) -> Iterator[Forked]:
+    """Run ``function(argv)`` (``module:attr``, a function returning an exit status) inside
+    namespace ``netns``, in a process forked from the forkserver, until the block exits; then
+    stop it as :func:`netns_process` does. Its stdout is a pipe (``.stdout``), its stderr goes
+    to ``log``. Call it from a thread in the harness's own namespace (the server's is that of
+    the thread that starts it, and a server inside a topology namespace would keep it alive)."""
+    ctx = _forkserver(function.partition(":")[0])
+    reader, writer = ctx.Pipe(duplex=False)
+    process = ctx.Process(
+        target=_forked_main,
+        args=(netns, function, list(argv), str(log), writer),
+        name=f"{function} in {netns}",
+        daemon=True,  # at the harness's exit multiprocessing terminates what is left
+    )
+    try:
+        process.start()
+    finally:
+        writer.close()
+    stdout = os.fdopen(os.dup(reader.fileno()), "rb", buffering=0)
+    reader.close()
+    proc = Forked(process, stdout)
+    with _owned(proc, run, grace):
+        yield proc
+
+
+#: a process the harness started: exec'd (:func:`netns_process`) or forked (:func:`forked_in_netns`)
+ChildProcess = subprocess.Popen[bytes] | Forked
+
+
+@contextlib.contextmanager
+def _owned(proc: ChildProcess, run: runs.Run | None, grace: float) -> Iterator[None]:
+    """Registered with the run while the block runs; stopped (and unregistered) after it."""
     try:
         if run is not None:
             run.register_process(proc.pid)
         try:
-            yield proc
+            yield
         finally:
             stop(proc, grace)
             if run is not None:
@@ -84,7 +221,7 @@ def netns_process(
             stop(proc, grace)
 
 
-def stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
+def stop(proc: ChildProcess, grace: float = STOP_GRACE) -> None:
     """SIGTERM, bounded wait, then SIGKILL: the process never outlives its block."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

@@ -15,6 +15,8 @@ LVSCONF_GUEST_TIMEOUT     seconds for a whole guest run (unset: 300 + 60 per cas
 LVSCONF_GUEST_WORKERS     xdist workers inside the guest (``4``)
 LVSCONF_GUEST_PYTHON      ``memory``: the guest imports from a tmpfs copy; ``share``: over 9p
                           as virtme-ng shares it (``memory``; harness/lanes/guest_python.py)
+LVSCONF_DATAPATH_START    ``fork``: the reference datapath is forked from a pre-imported
+                          server; ``exec``: a fresh interpreter per case (``fork``)
 LVSCONF_SLOWDOWN          scales traffic bounds, >= 1 (``1``; the VM lane sets 20)
 LVSCONF_IN_GUEST          set by the VM lane inside the guest (unset)
 LVSCONF_KERNEL            default kernel lane of ``ci/test`` and ``lvsconf kernel`` (``auto``)
@@ -45,6 +47,7 @@ PREFIX = "LVSCONF_"
 _MEMORY_RE = re.compile(r"[1-9][0-9]*[KMGT]?")
 _ACCELS = ("kvm", "tcg")
 _GUEST_PYTHON = ("memory", "share")
+_DATAPATH_START = ("fork", "exec")
 #: four guest workers overlap the cases' timer waits; they and the guest Python in memory
 #: (~170 MB of tmpfs) need more than 1G (docs/architecture.md §6, items 8 and 10)
 GUEST_WORKERS = 4
@@ -64,6 +67,7 @@ class Settings:
     guest_timeout: float | None
     guest_workers: int
     guest_python: str
+    datapath_start: str
     slowdown: float
     in_guest: bool
     kernel: str
@@ -136,6 +140,9 @@ def from_environ(env: Mapping[str, str]) -> Settings:
     guest_python = env.get(PREFIX + "GUEST_PYTHON", "").strip().lower() or "memory"
     if guest_python not in _GUEST_PYTHON:
         raise _bad("GUEST_PYTHON", guest_python, "is not valid; use memory or share")
+    datapath_start = env.get(PREFIX + "DATAPATH_START", "").strip().lower() or "fork"
+    if datapath_start not in _DATAPATH_START:
+        raise _bad("DATAPATH_START", datapath_start, "is not valid; use fork or exec")
     home_cache = Path(os.path.expanduser("~")) / ".cache" / "lvsconf"
     return Settings(
         state_dir=_path(env, "STATE_DIR", Path("/run/lvsconf")),
@@ -145,6 +152,7 @@ def from_environ(env: Mapping[str, str]) -> Settings:
         guest_timeout=_number(env, "GUEST_TIMEOUT", 1, "1800"),
         guest_workers=int(workers_raw),
         guest_python=guest_python,
+        datapath_start=datapath_start,
         slowdown=_number(env, "SLOWDOWN", 1, "20") or 1.0,
         in_guest=_flag(env, "IN_GUEST"),
         kernel=env.get(PREFIX + "KERNEL", "").strip() or "auto",

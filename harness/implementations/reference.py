@@ -16,14 +16,13 @@ import ipaddress
 import json
 import os
 import select
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness import addresses, processes, runs
+from harness import addresses, processes, runs, settings
 from impl.datapath import plumbing
 from impl.datapath.config import DatapathConfig
 from impl.datapath.control import ControlClient
@@ -35,6 +34,9 @@ if TYPE_CHECKING:
     from harness.topology import Net
 
 READY_TIMEOUT = 15.0
+#: what ``python -m impl.datapath`` runs; forked from a pre-imported server by default
+#: (``LVSCONF_DATAPATH_START=exec``: a fresh interpreter per start; harness/processes.py)
+DATAPATH_MAIN = "impl.datapath.process:main"
 
 
 class DatapathStartError(RuntimeError):
@@ -47,7 +49,7 @@ class ReferenceHandle:
     def __init__(
         self,
         control: ControlClient,
-        process: subprocess.Popen[bytes],
+        process: processes.ChildProcess,
         ready: dict[str, Any],
         log: Path,
     ) -> None:
@@ -143,40 +145,35 @@ def start(
         cfg_path, sock_path = workdir / "config.json", workdir / "control"
         log_path = workdir / "log"
         config.dump(cfg_path)
-        log = stack.enter_context(log_path.open("wb"))
-        root = Path(__file__).resolve().parents[2]
-        env = dict(
-            os.environ,
-            PYTHONPATH=os.pathsep.join(
-                p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p
-            ),
-        )
         stack.callback(_cleanup_netns, netns, config)  # after the process has stopped (LIFO)
-        proc = stack.enter_context(
-            processes.netns_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "impl.datapath",
-                    "--config",
-                    str(cfg_path),
-                    "--control",
-                    str(sock_path),
-                ],
-                netns,
-                run,
-                log,
-                stdout_pipe=True,
-                env=env,
+        argv = ["--config", str(cfg_path), "--control", str(sock_path)]
+        proc: processes.ChildProcess
+        if settings.current().datapath_start == "fork":
+            proc = stack.enter_context(
+                processes.forked_in_netns(DATAPATH_MAIN, argv, netns, run, log_path)
             )
-        )
+        else:
+            log = stack.enter_context(log_path.open("wb"))
+            root = Path(__file__).resolve().parents[2]
+            pythonpath = (str(root), os.environ.get("PYTHONPATH", ""))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in pythonpath if p))
+            proc = stack.enter_context(
+                processes.netns_process(
+                    [sys.executable, "-m", "impl.datapath", *argv],
+                    netns,
+                    run,
+                    log,
+                    stdout_pipe=True,
+                    env=env,
+                )
+            )
         ready = _wait_ready(proc, log_path, timeout)
         control = ControlClient(sock_path)
         stack.callback(control.close)
         yield ReferenceHandle(control, proc, ready, log_path)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> dict[str, Any]:
+def _wait_ready(proc: processes.ChildProcess, log: Path, timeout: float) -> dict[str, Any]:
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     buf = b""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from childwatch import Children
 
-from harness import runs
+from harness import runs, settings
 from harness.api import DirectorHandle, Implementation
 from harness.implementations.reference import ReferenceDatapath, leftovers
 from harness.topology import Net, Topology, build, wait_until
@@ -58,10 +58,19 @@ def _recorded(net: Net, pid: int) -> bool:
     return any(c.get("pid") == pid for c in record.get("children", []))
 
 
-@pytest.fixture
-def net(lvs_run: runs.Run) -> Iterator[Net]:
-    with build(Topology(fwd=Fwd.DR, families=(IPV4,)), lvs_run) as built:
-        yield built
+@pytest.fixture(params=["fork", "exec"])
+def net(
+    lvs_run: runs.Run, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Net]:
+    """A topology, with the datapath started either way (LVSCONF_DATAPATH_START)."""
+    monkeypatch.setenv("LVSCONF_DATAPATH_START", request.param)
+    settings.current.cache_clear()
+    try:
+        with build(Topology(fwd=Fwd.DR, families=(IPV4,)), lvs_run) as built:
+            yield built
+    finally:
+        monkeypatch.undo()
+        settings.current.cache_clear()
 
 
 def _assert_nothing_left(net: Net, pid: int, start: int, rules: object, links: object) -> None:

@@ -55,6 +55,7 @@ def test_values() -> None:
         ("GUEST_TIMEOUT", "1e999", "finite number >= 1"),
         ("GUEST_WORKERS", "two", "positive integer"),
         ("GUEST_PYTHON", "ramdisk", "use memory or share"),
+        ("DATAPATH_START", "vfork", "use fork or exec"),
         ("SLOWDOWN", "0.5", ">= 1"),
         ("SLOWDOWN", "fast" * 100, "is not a number"),
         ("DEBIAN_MIRROR", "http://x/$(touch y)", "is not an http(s) URL"),
