@@ -12,7 +12,8 @@ interpreter importing the reference datapath costs ~0.17 s of CPU, a third of a 
 (docs/architecture.md §6, item 15); a fork from the server costs a few milliseconds. The forked
 process gets the same treatment as an exec'd one (own session, namespace, default signals,
 stdout on a pipe, stderr in the log, registered with the run); it dies with the server, and the
-server exits when the harness does (its end of the server's pipe closes).
+server exits when the harness does (its end of the server's pipe closes). Callers fork only
+where :func:`fork_is_safe`.
 """
 
 from __future__ import annotations
@@ -126,6 +127,24 @@ class Forked:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+
+def fork_is_safe() -> bool:
+    """Whether a forkserver child would leave the harness's main module alone.
+
+    multiprocessing prepares every child by importing the parent's ``__main__`` again under
+    the name ``__mp_main__`` (multiprocessing/spawn.py, ``get_preparation_data`` and
+    ``prepare``), except when it has neither a module name nor a file (``python -c``, the
+    xdist workers) or is a package's ``__main__`` (``python -m pytest``). A script without an
+    ``if __name__ == "__main__":`` guard would then run again inside the child (measured: it
+    started a second datapath there and the first failed), and a guarded one still costs its
+    imports in every child. So the harness forks only where no main module is imported again,
+    and execs elsewhere."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None:
+        return bool(name == "__main__" or name.endswith(".__main__"))
+    return getattr(main, "__file__", None) is None
 
 
 def _forkserver(preload: str) -> multiprocessing.context.ForkServerContext:

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     from harness.topology import Net
 
 READY_TIMEOUT = 15.0
-#: what ``python -m impl.datapath`` runs; forked from a pre-imported server by default
-#: (``LVSCONF_DATAPATH_START=exec``: a fresh interpreter per start; harness/processes.py)
+#: what ``python -m impl.datapath`` runs; forked from a pre-imported server by default where
+#: that is safe (harness/processes.py, ``fork_is_safe``), else and with
+#: ``LVSCONF_DATAPATH_START=exec`` a fresh interpreter per start
 DATAPATH_MAIN = "impl.datapath.process:main"
 
 
@@ -148,7 +149,7 @@ def start(
         stack.callback(_cleanup_netns, netns, config)  # after the process has stopped (LIFO)
         argv = ["--config", str(cfg_path), "--control", str(sock_path)]
         proc: processes.ChildProcess
-        if settings.current().datapath_start == "fork":
+        if settings.current().datapath_start == "fork" and processes.fork_is_safe():
             proc = stack.enter_context(
                 processes.forked_in_netns(DATAPATH_MAIN, argv, netns, run, log_path)
             )

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from childwatch import Children
 
-from harness import runs, settings
+from harness import processes, runs, settings
 from harness.api import DirectorHandle, Implementation
 from harness.implementations.reference import ReferenceDatapath, leftovers
 from harness.topology import Net, Topology, build, wait_until
@@ -62,8 +62,12 @@ def _recorded(net: Net, pid: int) -> bool:
 def net(
     lvs_run: runs.Run, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Net]:
-    """A topology, with the datapath started either way (LVSCONF_DATAPATH_START)."""
+    """A topology, with the datapath started either way (LVSCONF_DATAPATH_START; forked even
+    where pytest's main module would be imported again in the child, as under pytest's own
+    script, so that this test always exercises the forked start)."""
     monkeypatch.setenv("LVSCONF_DATAPATH_START", request.param)
+    if request.param == "fork":
+        monkeypatch.setattr(processes, "fork_is_safe", lambda: True)
     settings.current.cache_clear()
     try:
         with build(Topology(fwd=Fwd.DR, families=(IPV4,)), lvs_run) as built:
@@ -218,3 +222,59 @@ def test_killed_harness_takes_the_datapath_along(tmp_path: Path, children: Child
     runs.sweep()
     remaining = set(runs.list_netns()) & set(state["netns"])
     assert not remaining, remaining
+
+
+UNGUARDED = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from harness import processes
+    from harness.implementations.reference import ReferenceDatapath
+    from harness.topology import Topology, build
+    from impl.types import IPV4, Fwd
+    from tests.datapath.scenarios import persistent
+
+    # no `if __name__ == "__main__":` guard, as a user's own script may have none
+    with build(Topology(fwd=Fwd.DR, families=(IPV4,))) as net, \\
+            ReferenceDatapath().install(net, persistent(IPV4, Fwd.DR)) as d:
+        print("STARTED", processes.fork_is_safe(), flush=True)
+""")
+
+
+def test_a_script_without_a_main_guard_can_start_the_datapath(
+    tmp_path: Path, children: Children
+) -> None:
+    """A forkserver child imports the parent's main script again: unguarded, it would start a
+    second datapath there. Such a script gets a fresh interpreter instead, and the datapath
+    starts."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED.format(root=str(ROOT)))
+    proc = children.popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    out, _ = children.communicate(proc, 60)
+    assert proc.returncode == 0, out.decode()
+    assert "STARTED False" in out.decode(), out.decode()
+
+
+@pytest.mark.parametrize(
+    ("argv", "safe"),
+    [(["-c", "{probe}"], True), (["{script}"], False), (["-m", "probemain"], True)],
+    ids=["python -c", "a script", "a package __main__"],
+)
+def test_fork_is_safe_only_where_no_main_module_is_imported_again(
+    tmp_path: Path, argv: list[str], safe: bool
+) -> None:
+    probe = f"import sys; sys.path.insert(0, {str(ROOT)!r}); " + (
+        "from harness.processes import fork_is_safe; print(fork_is_safe())"
+    )
+    (tmp_path / "script.py").write_text(probe + "\n")
+    (tmp_path / "probemain").mkdir()
+    (tmp_path / "probemain" / "__init__.py").write_text("")
+    (tmp_path / "probemain" / "__main__.py").write_text(probe + "\n")
+    args = [a.format(probe=probe, script=tmp_path / "script.py") for a in argv]
+    run = dict(cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run([sys.executable, *args], **run)  # type: ignore[call-overload]
+    assert out.stdout.strip() == str(safe), out.stderr
