@@ -225,12 +225,33 @@ def write_sysctl(netns: str, name: str, value: int) -> None:
     in_netns(netns, write)
 
 
+#: /proc/net/ip_vs_conn is no snapshot: seq_file walks the connection hash table under RCU
+#: (net/netfilter/ipvs/ip_vs_conn.c, ip_vs_conn_seq_next), so an entry moved to another bucket
+#: during the walk can be listed twice; an invalidated template is moved, rehashed with
+#: vport/dport 0xFFFF (ip_vs_check_template, up to 6.12). Seen in a TCG guest (6.1.0-57,
+#: sip-invalidated-revive): one invalidated template listed twice, identical to the character,
+#: and once in every later read. A listing with two identical lines is read again, a few times
+#: at most; one that keeps them is taken as the kernel's state.
+REREADS = 3
+
+
 def read_ip_vs_conn(netns: str) -> str:
     def read() -> str:
         with open("/proc/thread-self/net/ip_vs_conn") as f:
             return f.read()
 
-    return in_netns(netns, read)
+    text = in_netns(netns, read)
+    for _ in range(REREADS):
+        if not has_repeated_rows(text):
+            break
+        text = in_netns(netns, read)
+    return text
+
+
+def has_repeated_rows(text: str) -> bool:
+    """Whether two lines of an ip_vs_conn listing are identical (see :data:`REREADS`)."""
+    rows = text.splitlines()[1:]  # the first line is the header
+    return len(set(rows)) != len(rows)
 
 
 def set_proto_timeouts(netns: str, timeouts: ProtoTimeouts) -> None:
