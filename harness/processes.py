@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -46,6 +46,19 @@ def workdir(stack: contextlib.ExitStack, run: runs.Run | None, netns: str, tag: 
 
 
 CONTROL_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def _prepare_child(enter: Callable[[], None]) -> None:
+    """In a new child, before it runs the program: die with the parent, enter the namespace,
+    and put the control signals at their defaults. A program under test starts with the signals
+    it is controlled by at their defaults, whatever lvsconf inherited: under nohup (or as a
+    background job of a script) they arrive ignored, and a shell cannot trap a signal that was
+    ignored at its start (a signal-mode exec program then never applied: "did not confirm
+    generation 1")."""
+    die_with_parent()
+    enter()
+    for sig in CONTROL_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -67,14 +80,7 @@ def netns_process(
     enter = runs.netns_preexec(netns)
 
     def preexec() -> None:
-        die_with_parent()  # before exec: no window in which the harness could die first
-        enter()
-        # A program under test starts with the signals it is controlled by at their defaults,
-        # whatever lvsconf inherited: under nohup (or as a background job of a script) they
-        # arrive ignored, and a shell cannot trap a signal that was ignored at its start (a
-        # signal-mode exec program then never applied: "did not confirm generation 1").
-        for sig in CONTROL_SIGNALS:
-            signal.signal(sig, signal.SIG_DFL)
+        _prepare_child(enter)  # before exec: no window in which the harness could die first
 
     proc = subprocess.Popen(
         list(argv),
@@ -122,9 +128,6 @@ class Forked:
         if self.poll() is None:  # not after it is gone: its pid may be someone else's by then
             os.kill(self.pid, sig)
 
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
@@ -164,9 +167,6 @@ def _forked_main(
     """In the forked process: what :func:`netns_process`'s preexec and Popen do, then
     ``function(argv)``; its return value is the exit status."""
     os.setsid()
-    die_with_parent()  # the server: it exits, and so do we, when the harness does
-    for sig in CONTROL_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
     null = os.open(os.devnull, os.O_RDONLY)
     err = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.dup2(null, 0)
@@ -180,7 +180,7 @@ def _forked_main(
     # (so that a child could start processes itself): held here, the server would never see the
     # harness die, and so this process, which dies with the server, would outlive it.
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-    runs.netns_preexec(netns)()
+    _prepare_child(runs.netns_preexec(netns))  # the parent is the server; it exits with us
     module, _, attr = function.partition(":")
     sys.exit(getattr(importlib.import_module(module), attr)(argv))
 

@@ -137,13 +137,13 @@ def pytest_collection_modifyitems(
     workers = schedule.xdist_workers(config)
     if workers <= 1 or not schedule.longest_first(workers):
         return  # one process, or few workers per CPU: collection order (see schedule)
-    impls = {i.name: i for i in selection(config).impls}
+    impls = {i.name: (i, level_for(i)) for i in selection(config).impls}
 
     def cost(item: pytest.Item) -> float:
         callspec = getattr(item, "callspec", None)
         params = callspec.params.get("case") if callspec is not None else None
-        impl = impls.get(params[0]) if isinstance(params, tuple) else None
-        return 0.0 if impl is None else schedule.planned_seconds(item, impl, level_for(impl))
+        found = impls.get(params[0]) if isinstance(params, tuple) else None
+        return 0.0 if found is None else schedule.planned_seconds(item, *found)
 
     fixed = next((n for n, item in enumerate(items) if not replayed(item)), len(items))
     items[:] = schedule.spread(items, cost, fixed=fixed, workers=workers)

@@ -41,9 +41,8 @@ class _Planned(Exception):
         self.scenario = scenario
 
 
-class _NoNet:
-    def __call__(self) -> Any:
-        raise RuntimeError("a planning case has no network")
+def _no_net() -> Any:
+    raise RuntimeError("a planning case has no network")
 
 
 class PlanningCase(Case):
@@ -70,7 +69,7 @@ def planned_seconds(item: Any, impl: Any, level: Any) -> float:
         return 0.0
     _impl_name, family = callspec.params["case"]
     case = PlanningCase(
-        rule_id=info.rule_id, impl=impl, family=Family(family), net_provider=_NoNet(), level=level
+        rule_id=info.rule_id, impl=impl, family=Family(family), net_provider=_no_net, level=level
     )
     try:
         function(case)  # type: ignore[misc]

@@ -183,11 +183,13 @@ def _walk(top: Path, keep_pycache: bool) -> Iterator[Path]:
 # ---------------------------------------------------------------- the runtime tar (cached)
 
 
-def _pytest_version() -> str:
+def _rewrite_tail() -> str | None:
+    """The name ending of pytest's cached rewritten bytecode (``.<tag>-pytest-<version>.pyc``)."""
     try:
-        return importlib.metadata.version("pytest")
-    except importlib.metadata.PackageNotFoundError:
-        return "none"
+        from _pytest.assertion.rewrite import PYC_TAIL  # noqa: PLC0415
+    except ImportError:
+        return None
+    return str(PYC_TAIL)
 
 
 #: bumped when what the runtime tar holds changes (2: pytest's rewritten bytecode)
@@ -245,12 +247,12 @@ def plugin_modules() -> frozenset[Path]:
 
 def runtime_tar(cache: Path | None = None) -> tuple[Path, int]:
     """The cached runtime tar for this interpreter and environment, built if missing."""
-    tail = f"-pytest-{_pytest_version()}.pyc"
+    tail = _rewrite_tail()
     files = [
         f
         for p in runtime_paths()
         for f in (_walk(p, keep_pycache=True) if p.is_dir() else [p])
-        if not f.name.endswith(tail)  # pytest's own cache: written afresh below
+        if tail is None or not f.name.endswith(tail)  # pytest's own cache: written afresh below
     ]
     key = _fingerprint(files)
     where = (cache or cache_root()) / "guest-python"
