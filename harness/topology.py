@@ -35,17 +35,17 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from harness import addresses, runs
+from harness import addresses, rtnl_batch, runs
 from harness.features import KernelFeatures, probe
 from impl.types import IPV4, IPV6, Family, Fwd, IPAddress
 
-IFA_F_NODAD = 0x02
+IFA_F_NODAD = rtnl_batch.IFA_F_NODAD
 IFA_F_TENTATIVE = 0x40
 RT_TABLE_LOCAL = 255
 MAX_REAL_SERVERS = 99
@@ -106,6 +106,7 @@ class Node:
 
     role: str
     netns: str
+    _rtnl: IPRoute | None = field(default=None, init=False, repr=False)
 
     def enter(self) -> contextlib.AbstractContextManager[None]:
         """setns() the calling thread into this namespace; restored on exit."""
@@ -116,6 +117,21 @@ class Node:
         socket is opened by this thread while it is inside the namespace."""
         with self.enter():
             return IPRoute()
+
+    def rtnl(self) -> IPRoute:
+        """The topology's own IPRoute for this namespace, opened once and kept until
+        :meth:`close_rtnl` (build and renewal send all their requests on it: a new socket per
+        request cost a renewal ~16 socket set-ups). Not for other code: it is not thread-safe."""
+        if self._rtnl is None:
+            self._rtnl = self.ipr()
+        return self._rtnl
+
+    def close_rtnl(self) -> None:
+        """Close :meth:`rtnl`'s socket. An open socket keeps its namespace alive, so the
+        director's is closed before the namespace is removed."""
+        ipr, self._rtnl = self._rtnl, None
+        if ipr is not None:
+            ipr.close()
 
     def socket(self, family: int, type: int, proto: int = 0) -> socket.socket:
         """A socket created inside this namespace (it stays bound to it)."""
@@ -130,15 +146,19 @@ class Node:
 
     def sysctl(self, path: str, value: str | int) -> None:
         """Write sysctl ``path`` (``net/ipv4/ip_forward`` or dotted) inside this namespace."""
-        full = self._sysctl_path(path)
+        self.sysctls({path: value})
+
+    def sysctls(self, values: dict[str, str | int]) -> None:
+        """Write several sysctls, in order, entering the namespace once."""
         with self.enter():
-            try:
-                with open(full, "w") as f:
-                    f.write(f"{value}\n")
-            except OSError as exc:
-                raise TopologyError(
-                    f"sysctl {path}={value} in {self.netns}: {exc.strerror}"
-                ) from exc
+            for path, value in values.items():
+                try:
+                    with open(self._sysctl_path(path), "w") as f:
+                        f.write(f"{value}\n")
+                except OSError as exc:
+                    raise TopologyError(
+                        f"sysctl {path}={value} in {self.netns}: {exc.strerror}"
+                    ) from exc
 
     def read_sysctl(self, path: str) -> str:
         full = self._sysctl_path(path)
@@ -235,18 +255,18 @@ class Net:
         # Deleting veths explicitly is synchronous but ~2.5x slower (RCU grace periods), so it
         # is only the fallback, for when something (a leaked socket, a helper process) still
         # holds the old namespace: then the peers are deleted from the client/RS side.
+        self.director.close_rtnl()
         runs.remove_netns(self.director.netns)
         try:
             wait_until(self._peers_gone, RENEW_GRACE, "the old director's links to go")
         except TopologyError:
             ends = [(self.client, self.client_if), *((r.node, r.ifname) for r in self.real_servers)]
             for node, ifname in ends:
-                with node.ipr() as ipr:
-                    try:
-                        ipr.link("del", ifname=ifname)
-                    except NetlinkError as exc:
-                        if not runs.gone(exc):
-                            raise
+                try:
+                    node.rtnl().link("del", ifname=ifname)
+                except NetlinkError as exc:
+                    if not runs.gone(exc):
+                        raise
         runs.create_netns(self.director.netns)
         _build_director(self)
         _wait_ready(self)
@@ -257,14 +277,9 @@ class Net:
         # TCG guest, polling with dumps saw the old links go 0.17-0.20 s after the namespace was
         # removed, polling with the ioctl 1.2-1.5 s (over the 3 s grace under load, so every
         # renewal fell back to deleting the links). Why the dumps hasten it is not established.
-        with self.client.ipr() as ipr:
-            if ipr.link_lookup(ifname=self.client_if):
-                return False
-        for r in self.real_servers:
-            with r.node.ipr() as ipr:
-                if ipr.link_lookup(ifname=r.ifname):
-                    return False
-        return True
+        if self.client.rtnl().link_lookup(ifname=self.client_if):
+            return False
+        return not any(r.node.rtnl().link_lookup(ifname=r.ifname) for r in self.real_servers)
 
 
 # --- building ---------------------------------------------------------------------------------
@@ -283,13 +298,14 @@ def _addr(ipr: IPRoute, index: int, address: IPAddress, prefixlen: int) -> None:
 
 def _base_sysctls(node: Node) -> None:
     # before any link exists, so every link created later inherits "default"
+    values: dict[str, str | int] = {}
     for conf in ("all", "default"):
-        node.sysctl(f"net/ipv6/conf/{conf}/accept_dad", 0)
-        node.sysctl(f"net/ipv6/conf/{conf}/dad_transmits", 0)
-        node.sysctl(f"net/ipv4/conf/{conf}/rp_filter", 0)
-        node.sysctl(f"net/ipv6/conf/{conf}/accept_ra", 0)
-    with node.ipr() as ipr:
-        ipr.link("set", index=1, state="up")  # lo
+        values[f"net/ipv6/conf/{conf}/accept_dad"] = 0
+        values[f"net/ipv6/conf/{conf}/dad_transmits"] = 0
+        values[f"net/ipv4/conf/{conf}/rp_filter"] = 0
+        values[f"net/ipv6/conf/{conf}/accept_ra"] = 0
+    node.sysctls(values)
+    rtnl_batch.send(node.rtnl(), [rtnl_batch.link_up(1)])  # lo
 
 
 def _configure_client(net: Net) -> None:
@@ -353,99 +369,104 @@ def _configure_rs(net: Net, rs: RealServer) -> None:
 
 
 def _build_director(net: Net) -> None:
-    """Configure the (new, empty) director namespace and all links; used by build and renew."""
+    """Configure the (new, empty) director namespace and all links; used by build and renew.
+
+    Each namespace's addresses, links up and routes go in one batch (:mod:`harness.rtnl_batch`):
+    this runs before every case, and in a TCG guest its Python was most of a case's CPU."""
     d = net.director
-    _base_sysctls(d)
-    d.sysctl("net/ipv4/ip_forward", 1)
-    d.sysctl("net/ipv6/conf/all/forwarding", 1)
+    fams = net.topology.families
+    director_sysctls: dict[str, str | int] = {
+        "net/ipv4/ip_forward": 1,
+        "net/ipv6/conf/all/forwarding": 1,
+    }
     for conf in ("all", "default"):
         # replies of DR/TUN real servers carry a VIP as source, and the VIP is local here
-        d.sysctl(f"net/ipv4/conf/{conf}/accept_local", 1)
-    fams = net.topology.families
-    with d.ipr() as dip:
-        for fam in fams:
-            for vip in net.vips(fam):
-                _addr(dip, 1, vip, _prefixed(vip))
-        # client link: created here, the peer directly in the client namespace
-        dip.link(
-            "add",
-            ifname=net.director_client_if,
-            kind="veth",
-            address=net.director_client_mac(),
-            peer={
-                "ifname": net.client_if,
-                "net_ns_fd": net.client.netns,
-                "address": net.client_mac(),
-            },
-        )
-        dci = dip.link_lookup(ifname=net.director_client_if)[0]
-        for fam in fams:
-            _addr(dip, dci, addresses.CDIP[fam], addresses.CLIENT_LINK_PREFIX[fam])
-        dip.link("set", index=dci, state="up")
-        dip.link(
-            "add",
-            ifname=net.director_bridge,
-            kind="bridge",
-            address=net.director_mac(),
-            br_stp_state=0,
-            br_forward_delay=0,
-        )
-        br = dip.link_lookup(ifname=net.director_bridge)[0]
-        for fam in fams:
-            _addr(dip, br, addresses.DIP[fam], addresses.RS_PREFIX[fam])
-        dip.link("set", index=br, state="up")
-        for r in net.real_servers:
-            dip.link(
-                "add",
-                ifname=r.director_port,
-                kind="veth",
-                address=_mac(2, r.index + 1, 2),
-                peer={"ifname": r.ifname, "net_ns_fd": r.node.netns, "address": r.mac},
-            )
-            port = dip.link_lookup(ifname=r.director_port)[0]
-            dip.link("set", index=port, master=br, state="up")
-        for fam in fams:
-            dip.route(
-                "add",
-                dst=str(addresses.CLIENT_POOL[fam]),
-                gateway=str(addresses.CLIENT_LINK_ADDR[fam]),
-                oif=dci,
-                family=int(fam),
-            )
-    for ifname in (net.director_client_if, net.director_bridge):
-        d.sysctl(f"net/ipv4/conf/{ifname}/accept_local", 1)
-        d.sysctl(f"net/ipv4/conf/{ifname}/rp_filter", 0)
-    # the far ends (new links) in the client and real servers
-    with net.client.ipr() as ipr:
-        ci = ipr.link_lookup(ifname=net.client_if)[0]
-        for fam in fams:
-            _addr(ipr, ci, addresses.CLIENT_LINK_ADDR[fam], addresses.CLIENT_LINK_PREFIX[fam])
-        ipr.link("set", index=ci, state="up")
-        for fam in fams:
-            ipr.route(
-                "add",
-                dst="default" if fam is IPV4 else "::/0",
-                gateway=str(addresses.CDIP[fam]),
-                oif=ci,
-                family=int(fam),
-            )
+        director_sysctls[f"net/ipv4/conf/{conf}/accept_local"] = 1
+    _base_sysctls(d)
+    # after lo is up: written before, "default" would also reach lo (lo.accept_local=1)
+    d.sysctls(director_sysctls)
+    dip = d.rtnl()
+    # client link: created here, the peer directly in the client namespace
+    dip.link(
+        "add",
+        ifname=net.director_client_if,
+        kind="veth",
+        address=net.director_client_mac(),
+        peer={
+            "ifname": net.client_if,
+            "net_ns_fd": net.client.netns,
+            "address": net.client_mac(),
+        },
+    )
+    dip.link(
+        "add",
+        ifname=net.director_bridge,
+        kind="bridge",
+        address=net.director_mac(),
+        br_stp_state=0,
+        br_forward_delay=0,
+    )
+    br = dip.link_lookup(ifname=net.director_bridge)[0]
     for r in net.real_servers:
-        node = r.node
-        with node.ipr() as ipr:
-            ri = ipr.link_lookup(ifname=r.ifname)[0]
-            for fam in fams:
-                _addr(ipr, ri, addresses.rip(fam, r.index), addresses.RS_PREFIX[fam])
-            ipr.link("set", index=ri, state="up")
-            for fam in fams:
-                ipr.route(
-                    "add",
-                    dst="default" if fam is IPV4 else "::/0",
-                    gateway=str(addresses.DIP[fam]),
-                    oif=ri,
-                    family=int(fam),
-                )
-        node.sysctl(f"net/ipv4/conf/{r.ifname}/arp_ignore", 1)
-        node.sysctl(f"net/ipv4/conf/{r.ifname}/arp_announce", 2)
+        # enslaved and up as it is created (rtnl_newlink sets IFLA_MASTER and the flags)
+        dip.link(
+            "add",
+            ifname=r.director_port,
+            kind="veth",
+            address=_mac(2, r.index + 1, 2),
+            master=br,
+            state="up",
+            peer={"ifname": r.ifname, "net_ns_fd": r.node.netns, "address": r.mac},
+        )
+    dci = dip.link_lookup(ifname=net.director_client_if)[0]
+    requests: list[rtnl_batch.Request] = [
+        rtnl_batch.address(1, vip, _prefixed(vip)) for fam in fams for vip in net.vips(fam)
+    ]
+    requests += [
+        rtnl_batch.address(dci, addresses.CDIP[fam], addresses.CLIENT_LINK_PREFIX[fam])
+        for fam in fams
+    ]
+    requests.append(rtnl_batch.link_up(dci))
+    requests += [
+        rtnl_batch.address(br, addresses.DIP[fam], addresses.RS_PREFIX[fam]) for fam in fams
+    ]
+    requests.append(rtnl_batch.link_up(br))
+    requests += [
+        rtnl_batch.route(addresses.CLIENT_POOL[fam], addresses.CLIENT_LINK_ADDR[fam], dci)
+        for fam in fams
+    ]
+    rtnl_batch.send(dip, requests)
+    link_sysctls: dict[str, str | int] = {}
+    for ifname in (net.director_client_if, net.director_bridge):
+        link_sysctls[f"net/ipv4/conf/{ifname}/accept_local"] = 1
+        link_sysctls[f"net/ipv4/conf/{ifname}/rp_filter"] = 0
+    d.sysctls(link_sysctls)
+    # the far ends (new links) in the client and real servers
+    ipr = net.client.rtnl()
+    ci = ipr.link_lookup(ifname=net.client_if)[0]
+    requests = [
+        rtnl_batch.address(ci, addresses.CLIENT_LINK_ADDR[fam], addresses.CLIENT_LINK_PREFIX[fam])
+        for fam in fams
+    ]
+    requests.append(rtnl_batch.link_up(ci))
+    requests += [rtnl_batch.route(None, addresses.CDIP[fam], ci) for fam in fams]
+    rtnl_batch.send(ipr, requests)
+    for r in net.real_servers:
+        ipr = r.node.rtnl()
+        ri = ipr.link_lookup(ifname=r.ifname)[0]
+        requests = [
+            rtnl_batch.address(ri, addresses.rip(fam, r.index), addresses.RS_PREFIX[fam])
+            for fam in fams
+        ]
+        requests.append(rtnl_batch.link_up(ri))
+        requests += [rtnl_batch.route(None, addresses.DIP[fam], ri) for fam in fams]
+        rtnl_batch.send(ipr, requests)
+        r.node.sysctls(
+            {
+                f"net/ipv4/conf/{r.ifname}/arp_ignore": 1,
+                f"net/ipv4/conf/{r.ifname}/arp_announce": 2,
+            }
+        )
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
@@ -486,12 +507,11 @@ def _wait_ready(net: Net) -> None:
         *[(r.node, [r.ifname]) for r in net.real_servers],
     ]
     for node, ifnames in checks:
-        with node.ipr() as ipr:
-            wait_until(
-                _links_up(ipr, ifnames),
-                READY_TIMEOUT,
-                f"links {', '.join(ifnames)} up and addresses usable in {node.netns}",
-            )
+        wait_until(
+            _links_up(node.rtnl(), ifnames),
+            READY_TIMEOUT,
+            f"links {', '.join(ifnames)} up and addresses usable in {node.netns}",
+        )
 
 
 @contextlib.contextmanager
@@ -532,6 +552,7 @@ def build(topology: Topology, run: runs.Run | None = None) -> Iterator[Net]:
             # leak the namespace (removal forgives a namespace that was never made)
             stack.callback(runs.remove_netns, node.netns)
             runs.create_netns(node.netns)
+            stack.callback(node.close_rtnl)  # before its namespace goes (LIFO)
         for node in (net.client, *net.rs):
             _base_sysctls(node)
         _configure_client(net)
