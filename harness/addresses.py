@@ -6,7 +6,7 @@ run's own namespaces::
         CIP pool (AnyIP on client lo)                     RIPs on the real-server segment
    198.18.16.0/20 | 2001:db8:c0::/48                   198.18.10.11.. | 2001:db8:a::11..
         +--------+   198.18.0.2 / 2001:db8::2        +----------+ DIP 198.18.10.1 / 2001:db8:a::1
-        | client |==================================|          |==== bridge ==== rs1 rs2 rs3 ...
+        | client |==================================|          |== switch (bridge) == rs1 rs2 ...
         +--------+   198.18.0.1 / 2001:db8::1  (CDIP)| director |
                                  +----------+ VIPs 198.19.0.1.. | 2001:db8:f::1.. (director lo)
 

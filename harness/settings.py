@@ -29,7 +29,7 @@ LVSCONF_PROGRESS          one progress line per case (set by ``lvsconf run``)
 
 Outside Python: ``LVSCONF_REPORT`` (report directory of ``ci/test``), ``LVSCONF_PYTHON``
 (interpreter for ``ci/bootstrap``'s virtualenv), ``LVSCONF_HYPOTHESIS`` (``dev`` | ``ci``:
-Hypothesis profile of the project's own tests). ``LVSCONF_CLIENT_IF``, ``LVSCONF_BRIDGE``,
+Hypothesis profile of the project's own tests). ``LVSCONF_CLIENT_IF``, ``LVSCONF_SEGMENT_IF``,
 ``LVSCONF_SCRATCH``, ... are the other direction: the harness sets them for an ``exec``
 implementation under test (see harness/implementations/exec.py).
 """

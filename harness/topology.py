@@ -2,18 +2,25 @@
 
 ::
 
-   client ns                 director ns                                  rsN ns
-   +--------------+  veth    +------------------------------+  veth      +------------------+
-   | lo: CIP pool |==========| <p>d  CDIP      <p>br  DIP   |==========| <p>rN  RIP        |
-   |   (AnyIP)    | <p>c     |   (ip_forward)    bridge     | <p>pN     | lo: VIPs (DR)     |
-   | default->CDIP|          | lo: VIP 0..7                 |  ...      | tunl0/ip6tnl0     |
-   +--------------+          +------------------------------+           | default -> DIP    |
-                                                                         +------------------+
+   client ns            director ns                      switch ns               rsN ns
+   +--------------+     +-------------------------+      +----------------+      +----------------+
+   | lo: CIP pool |veth | <p>d CDIP     <p>s DIP  | veth | <p>pd   <p>pN  | veth | <p>rN RIP      |
+   |   (AnyIP)    |=====|   (ip_forward)          |======|   <p>br bridge |======| lo: VIPs (DR)  |
+   | default->CDIP| <p>c| lo: VIP 0..7            |      | (no IP at all) |  ... | tunl0/ip6tnl0  |
+   +--------------+     +-------------------------+      +----------------+      | default -> DIP |
+                                                                                 +----------------+
+
+The real servers' segment is a bridge in a namespace of its own, the *switch*: the director
+is a router with two links, one to the client and one (its *segment link*, ``<p>s``) to the
+switch. Only the director is renewed before each case, so a renewal makes two veth pairs and
+nothing else; the real servers' links, addresses and the bridge stay up. (A bridge inside the
+director, as before, was rebuilt every renewal, and a new bridge's carrier reaches the
+kernel's linkwatch as a non-urgent event: up to 1 s late, measured 0.4 s in a TCG guest.)
 
 Addresses (see :mod:`harness.addresses`): client link 198.18.0.2/24, 2001:db8::2/64; CDIP
 198.18.0.1, 2001:db8::1; CIP pool 198.18.16.0/20, 2001:db8:c0::/48 as a ``local`` route on the
 client's lo (any pool source can be sent and bound), routed to the client by the director;
-DIP 198.18.10.1/24, 2001:db8:a::1/64 on the director's bridge; RIPs 198.18.10.11..,
+DIP 198.18.10.1/24, 2001:db8:a::1/64 on the director's segment link; RIPs 198.18.10.11..,
 2001:db8:a::11..;
 VIPs 198.19.0.1..8, 2001:db8:f::1..8 on the director's lo (IPVS needs them local).
 
@@ -24,9 +31,9 @@ source with accept_local=1), rp_filter=0, and tunl0/ip6tnl0 up where the kernel 
 ``RealServer.decap`` says whether a real server can decapsulate; without ipip it is
 capture-only.
 
-Names: namespaces ``<run prefix><id>-cli|-dir|-rsN``, links ``<run prefix><id><role>``,
+Names: namespaces ``<run prefix><id>-cli|-dir|-sw|-rsN``, links ``<run prefix><id><role>``,
 all <= 15 characters. MACs are fixed per role, so neighbour caches of the client and real
-servers stay valid when the director is renewed.
+servers, and the switch's forwarding table, stay valid when the director is renewed.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ class TopologyError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Topology:
-    """client == director == bridge == rs1..rsN (see the module docstring for the picture).
+    """client == director == switch == rs1..rsN (see the module docstring for the picture).
 
     ``fwd`` is one forwarding method for all real servers or one per real server. The build
     is the same for every method (real servers are universal); ``fwd`` says which method a
@@ -184,12 +191,12 @@ def _mac(role: int, index: int, side: int) -> str:
 
 @dataclass(eq=False)
 class RealServer:
-    """One real server: its namespace and the veth pair joining it to the director's bridge."""
+    """One real server: its namespace and the veth pair joining it to the switch's bridge."""
 
     index: int  # 0-based: rs1 is 0
     node: Node
     ifname: str  # its end of the link (in the real server's namespace)
-    director_port: str  # the director's end, a port of the bridge
+    switch_port: str  # the other end, a port of the switch's bridge
     decap: bool = False  # can decapsulate IPIP / IPv6-in-IPv6 (set once its tunnels are up)
 
     @property
@@ -207,10 +214,13 @@ class Net:
     id: str
     client: Node
     director: Node
+    switch: Node
     real_servers: list[RealServer]
     client_if: str
     director_client_if: str
-    director_bridge: str
+    director_segment_if: str  # the director's link to the switch: DIP, director_mac()
+    switch_bridge: str
+    switch_director_port: str  # the switch's end of the director's segment link
     features: KernelFeatures
     renewals: int = 0
 
@@ -224,7 +234,7 @@ class Net:
         return self.real_servers[index].mac
 
     def director_mac(self) -> str:
-        """MAC of the director's bridge (the DIP's link address)."""
+        """MAC of the director's segment link (the DIP's link address)."""
         return _mac(2, 0, 0)
 
     def director_client_mac(self) -> str:
@@ -241,27 +251,26 @@ class Net:
 
     @property
     def nodes(self) -> list[Node]:
-        return [self.client, self.director, *self.rs]
+        return [self.client, self.director, self.switch, *self.rs]
 
     def renew_director(self) -> None:
         """Delete the director namespace and rebuild it with its links and configuration.
 
-        Client and real-server namespaces are kept; their link ends (veth peers) vanish with
-        the director and are recreated with the same names, MACs and addresses. IPVS state
-        lives in the director namespace, so this gives a fresh director cheaply.
+        The other namespaces are kept; the ends of the director's two links (in the client and
+        the switch) vanish with it and are recreated with the same names, MACs and addresses.
+        IPVS state lives in the director namespace, so this gives a fresh director cheaply.
         """
         # Removing the namespace is cheap, but the kernel destroys it (and with it the veth
-        # peers in the client and real servers) later in a worker; wait for the peers to go.
+        # peers in the client and the switch) later in a worker; wait for the peers to go.
         # Deleting veths explicitly is synchronous but ~2.5x slower (RCU grace periods), so it
         # is only the fallback, for when something (a leaked socket, a helper process) still
-        # holds the old namespace: then the peers are deleted from the client/RS side.
+        # holds the old namespace: then the peers are deleted from the client/switch side.
         self.director.close_rtnl()
         runs.remove_netns(self.director.netns)
         try:
             wait_until(self._peers_gone, RENEW_GRACE, "the old director's links to go")
         except TopologyError:
-            ends = [(self.client, self.client_if), *((r.node, r.ifname) for r in self.real_servers)]
-            for node, ifname in ends:
+            for node, ifname in self._peers():
                 try:
                     node.rtnl().link("del", ifname=ifname)
                 except NetlinkError as exc:
@@ -269,17 +278,20 @@ class Net:
                         raise
         runs.create_netns(self.director.netns)
         _build_director(self)
-        _wait_ready(self)
+        _wait_ready(self, _director_links(self))
         self.renewals += 1
 
+    def _peers(self) -> list[tuple[Node, str]]:
+        """The far ends of the director's links, outside the director."""
+        return [(self.client, self.client_if), (self.switch, self.switch_director_port)]
+
     def _peers_gone(self) -> bool:
-        # A netlink link dump per namespace, not a cheaper ioctl (SIOCGIFINDEX): measured in a
-        # TCG guest, polling with dumps saw the old links go 0.17-0.20 s after the namespace was
-        # removed, polling with the ioctl 1.2-1.5 s (over the 3 s grace under load, so every
-        # renewal fell back to deleting the links). Why the dumps hasten it is not established.
-        if self.client.rtnl().link_lookup(ifname=self.client_if):
-            return False
-        return not any(r.node.rtnl().link_lookup(ifname=r.ifname) for r in self.real_servers)
+        # A netlink request per namespace, not a cheaper ioctl (SIOCGIFINDEX): measured in a
+        # TCG guest, polling with netlink saw the old links go 0.17-0.20 s after the namespace
+        # was removed, polling with the ioctl 1.2-1.5 s (over the 3 s grace under load, so
+        # every renewal fell back to deleting the links). Why netlink hastens it is not
+        # established.
+        return not any(node.rtnl().link_lookup(ifname=name) for node, name in self._peers())
 
 
 # --- building ---------------------------------------------------------------------------------
@@ -368,13 +380,69 @@ def _configure_rs(net: Net, rs: RealServer) -> None:
     rs.decap = up == set(net.topology.families)
 
 
-def _build_director(net: Net) -> None:
-    """Configure the (new, empty) director namespace and all links; used by build and renew.
+def _build_switch(net: Net) -> None:
+    """The switch: a bridge and nothing else. No IPv6 (no link-local address, no ND or MLD of
+    its own), no STP, no forwarding delay, no multicast snooping (every multicast frame
+    floods, as on a plain hub: the director's and the real servers' ND always arrive)."""
+    sw = net.switch
+    sw.sysctls(
+        {
+            "net/ipv6/conf/all/disable_ipv6": 1,
+            "net/ipv6/conf/default/disable_ipv6": 1,
+        }
+    )
+    ipr = sw.rtnl()
+    ipr.link(
+        "add",
+        ifname=net.switch_bridge,
+        kind="bridge",
+        address=_mac(4, 0, 0),
+        br_stp_state=0,
+        br_forward_delay=0,
+        br_mcast_snooping=0,
+        state="up",
+    )
 
-    Each namespace's addresses, links up and routes go in one batch (:mod:`harness.rtnl_batch`):
-    this runs before every case, and in a TCG guest its Python was most of a case's CPU."""
+
+def _connect_rs(net: Net, rs: RealServer) -> None:
+    """The real server's link to the switch, configured once: address, default route via the
+    DIP, ARP settings of a DR real server."""
+    sw = net.switch.rtnl()
+    sw.link(
+        "add",
+        ifname=rs.switch_port,
+        kind="veth",
+        address=_mac(4, rs.index + 1, 0),
+        master=sw.link_lookup(ifname=net.switch_bridge)[0],
+        state="up",
+        peer={"ifname": rs.ifname, "net_ns_fd": rs.node.netns, "address": rs.mac},
+    )
+    fams = net.topology.families
+    ipr = rs.node.rtnl()
+    ri = ipr.link_lookup(ifname=rs.ifname)[0]
+    requests: list[rtnl_batch.Request] = [
+        rtnl_batch.address(ri, addresses.rip(fam, rs.index), addresses.RS_PREFIX[fam])
+        for fam in fams
+    ]
+    requests.append(rtnl_batch.link_up(ri))
+    requests += [rtnl_batch.route(None, addresses.DIP[fam], ri) for fam in fams]
+    rtnl_batch.send(ipr, requests)
+    rs.node.sysctls(
+        {
+            f"net/ipv4/conf/{rs.ifname}/arp_ignore": 1,
+            f"net/ipv4/conf/{rs.ifname}/arp_announce": 2,
+        }
+    )
+
+
+def _build_director(net: Net) -> None:
+    """Configure the (new, empty) director namespace and its two links; used by build and
+    renew. Each namespace's addresses, links up and routes go in one batch
+    (:mod:`harness.rtnl_batch`): this runs before every case, and in a TCG guest its Python was
+    most of a case's CPU."""
     d = net.director
     fams = net.topology.families
+    _base_sysctls(d)
     director_sysctls: dict[str, str | int] = {
         "net/ipv4/ip_forward": 1,
         "net/ipv6/conf/all/forwarding": 1,
@@ -382,7 +450,6 @@ def _build_director(net: Net) -> None:
     for conf in ("all", "default"):
         # replies of DR/TUN real servers carry a VIP as source, and the VIP is local here
         director_sysctls[f"net/ipv4/conf/{conf}/accept_local"] = 1
-    _base_sysctls(d)
     # after lo is up: written before, "default" would also reach lo (lo.accept_local=1)
     d.sysctls(director_sysctls)
     dip = d.rtnl()
@@ -398,27 +465,24 @@ def _build_director(net: Net) -> None:
             "address": net.client_mac(),
         },
     )
-    dip.link(
+    # segment link: created in the switch, enslaved and up at once (rtnl_newlink sets
+    # IFLA_MASTER and the flags), the peer in the director
+    sw = net.switch.rtnl()
+    sw.link(
         "add",
-        ifname=net.director_bridge,
-        kind="bridge",
-        address=net.director_mac(),
-        br_stp_state=0,
-        br_forward_delay=0,
+        ifname=net.switch_director_port,
+        kind="veth",
+        address=_mac(4, 0, 1),
+        master=sw.link_lookup(ifname=net.switch_bridge)[0],
+        state="up",
+        peer={
+            "ifname": net.director_segment_if,
+            "net_ns_fd": d.netns,
+            "address": net.director_mac(),
+        },
     )
-    br = dip.link_lookup(ifname=net.director_bridge)[0]
-    for r in net.real_servers:
-        # enslaved and up as it is created (rtnl_newlink sets IFLA_MASTER and the flags)
-        dip.link(
-            "add",
-            ifname=r.director_port,
-            kind="veth",
-            address=_mac(2, r.index + 1, 2),
-            master=br,
-            state="up",
-            peer={"ifname": r.ifname, "net_ns_fd": r.node.netns, "address": r.mac},
-        )
     dci = dip.link_lookup(ifname=net.director_client_if)[0]
+    seg = dip.link_lookup(ifname=net.director_segment_if)[0]
     requests: list[rtnl_batch.Request] = [
         rtnl_batch.address(1, vip, _prefixed(vip)) for fam in fams for vip in net.vips(fam)
     ]
@@ -428,20 +492,20 @@ def _build_director(net: Net) -> None:
     ]
     requests.append(rtnl_batch.link_up(dci))
     requests += [
-        rtnl_batch.address(br, addresses.DIP[fam], addresses.RS_PREFIX[fam]) for fam in fams
+        rtnl_batch.address(seg, addresses.DIP[fam], addresses.RS_PREFIX[fam]) for fam in fams
     ]
-    requests.append(rtnl_batch.link_up(br))
+    requests.append(rtnl_batch.link_up(seg))
     requests += [
         rtnl_batch.route(addresses.CLIENT_POOL[fam], addresses.CLIENT_LINK_ADDR[fam], dci)
         for fam in fams
     ]
     rtnl_batch.send(dip, requests)
     link_sysctls: dict[str, str | int] = {}
-    for ifname in (net.director_client_if, net.director_bridge):
+    for ifname in (net.director_client_if, net.director_segment_if):
         link_sysctls[f"net/ipv4/conf/{ifname}/accept_local"] = 1
         link_sysctls[f"net/ipv4/conf/{ifname}/rp_filter"] = 0
     d.sysctls(link_sysctls)
-    # the far ends (new links) in the client and real servers
+    # the client's end of the new client link
     ipr = net.client.rtnl()
     ci = ipr.link_lookup(ifname=net.client_if)[0]
     requests = [
@@ -451,22 +515,6 @@ def _build_director(net: Net) -> None:
     requests.append(rtnl_batch.link_up(ci))
     requests += [rtnl_batch.route(None, addresses.CDIP[fam], ci) for fam in fams]
     rtnl_batch.send(ipr, requests)
-    for r in net.real_servers:
-        ipr = r.node.rtnl()
-        ri = ipr.link_lookup(ifname=r.ifname)[0]
-        requests = [
-            rtnl_batch.address(ri, addresses.rip(fam, r.index), addresses.RS_PREFIX[fam])
-            for fam in fams
-        ]
-        requests.append(rtnl_batch.link_up(ri))
-        requests += [rtnl_batch.route(None, addresses.DIP[fam], ri) for fam in fams]
-        rtnl_batch.send(ipr, requests)
-        r.node.sysctls(
-            {
-                f"net/ipv4/conf/{r.ifname}/arp_ignore": 1,
-                f"net/ipv4/conf/{r.ifname}/arp_announce": 2,
-            }
-        )
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
@@ -480,13 +528,20 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
         delay = min(delay * 2, 0.05)
 
 
+BRPORT_FORWARDING = 3  # BR_STATE_FORWARDING
+
+
 def _links_up(ipr: IPRoute, ifnames: list[str]) -> Callable[[], bool]:
-    """A poll on one open netlink socket of the namespace (not a new one per poll)."""
+    """A poll on one open netlink socket of the namespace (not a new one per poll): every
+    link operationally up, a bridge port also forwarding, no IPv6 address tentative."""
 
     def pred() -> bool:
         for name in ifnames:
             links = ipr.link("get", ifname=name)
             if not links or links[0].get("IFLA_OPERSTATE") != "UP":
+                return False
+            port = links[0].get(("IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA"))
+            if port is not None and port.get("IFLA_BRPORT_STATE") != BRPORT_FORWARDING:
                 return False
         for a in ipr.addr("dump", family=socket.AF_INET6):
             if a.get("IFA_FLAGS", a["flags"]) & IFA_F_TENTATIVE:
@@ -496,16 +551,27 @@ def _links_up(ipr: IPRoute, ifnames: list[str]) -> Callable[[], bool]:
     return pred
 
 
-def _wait_ready(net: Net) -> None:
-    checks = [
-        (
-            net.director,
-            [net.director_client_if, net.director_bridge]
-            + [r.director_port for r in net.real_servers],
-        ),
+Links = list[tuple[Node, list[str]]]
+
+
+def _director_links(net: Net) -> Links:
+    """The links a director renewal makes, by namespace."""
+    return [
+        (net.director, [net.director_client_if, net.director_segment_if]),
         (net.client, [net.client_if]),
+        (net.switch, [net.switch_director_port]),
+    ]
+
+
+def _all_links(net: Net) -> Links:
+    return [
+        *_director_links(net),
+        (net.switch, [net.switch_bridge] + [r.switch_port for r in net.real_servers]),
         *[(r.node, [r.ifname]) for r in net.real_servers],
     ]
+
+
+def _wait_ready(net: Net, checks: Links) -> None:
     for node, ifnames in checks:
         wait_until(
             _links_up(node.rtnl(), ifnames),
@@ -532,18 +598,21 @@ def build(topology: Topology, run: runs.Run | None = None) -> Iterator[Net]:
         id=tid,
         client=Node("client", run.name(f"{tid}-cli")),
         director=Node("director", run.name(f"{tid}-dir")),
+        switch=Node("switch", run.name(f"{tid}-sw")),
         real_servers=[
             RealServer(
                 index=i,
                 node=Node(f"rs{i + 1}", run.name(f"{tid}-rs{i + 1}")),
                 ifname=f"{p}r{i + 1}",
-                director_port=f"{p}p{i + 1}",
+                switch_port=f"{p}p{i + 1}",
             )
             for i in range(n)
         ],
         client_if=f"{p}c",
         director_client_if=f"{p}d",
-        director_bridge=f"{p}br",
+        director_segment_if=f"{p}s",
+        switch_bridge=f"{p}br",
+        switch_director_port=f"{p}pd",
         features=features,
     )
     with runs.sigterm_as_interrupt(), contextlib.ExitStack() as stack:
@@ -556,8 +625,10 @@ def build(topology: Topology, run: runs.Run | None = None) -> Iterator[Net]:
         for node in (net.client, *net.rs):
             _base_sysctls(node)
         _configure_client(net)
+        _build_switch(net)
         for rs in net.real_servers:
             _configure_rs(net, rs)
+            _connect_rs(net, rs)
         _build_director(net)
-        _wait_ready(net)
+        _wait_ready(net, _all_links(net))
         yield net

@@ -6,7 +6,7 @@
 #   nftdr.sh apply       the scenario's ipvsadm-save text on stdin; (re)writes the nft table
 #   nftdr.sh templates   prints its persistence entries in /proc/net/ip_vs_conn format
 #   nftdr.sh ready       exit 0 when nft works here
-# with the topology in LVSCONF_* variables (LVSCONF_CLIENT_IF, LVSCONF_BRIDGE, LVSCONF_SCRATCH).
+# with the topology in LVSCONF_* variables (LVSCONF_CLIENT_IF, LVSCONF_SEGMENT_IF, LVSCONF_SCRATCH).
 #
 # How it balances, per service (ingress hook on the client link, before the IP stack):
 #   1. a packet of a known connection (saddr . sport in c_<svc>_<rs>) goes to that real server;
@@ -69,7 +69,7 @@ parse() {
 
 # the index -> an nft script replacing every chain, keeping the sets (their entries persist)
 render() {
-    awk -v client_if="$LVSCONF_CLIENT_IF" -v bridge="$LVSCONF_BRIDGE" -v table="$TABLE" '
+    awk -v client_if="$LVSCONF_CLIENT_IF" -v segment_if="$LVSCONF_SEGMENT_IF" -v table="$TABLE" '
     function add(line) { print line }
     $1 == "S" { n++; sid[n] = $2; proto[$2] = $3; fam[$2] = $4; vip[$2] = $5; port[$2] = $6
                 sched[$2] = $7; persist[$2] = $8; nb[$2] = 0 }
@@ -94,9 +94,9 @@ render() {
                 add("flush chain " table " b_" b)
                 add("add rule " table " b_" b " update @c_" b " { " key " }")
                 if (persist[s] > 0) add("add rule " table " b_" b " update @p_" b " { " f " saddr }")
-                add("add rule " table " b_" b " fwd " f " to " rip[s, k] " device \"" bridge "\"")
+                add("add rule " table " b_" b " fwd " f " to " rip[s, k] " device \"" segment_if "\"")
                 # 1. known connections
-                add("add rule " table " s_" s " " key " @c_" b " update @c_" b " { " key " } fwd " f " to " rip[s, k] " device \"" bridge "\"")
+                add("add rule " table " s_" s " " key " @c_" b " update @c_" b " { " key " } fwd " f " to " rip[s, k] " device \"" segment_if "\"")
             }
             # 2. never schedule FTP data (source port 20: ip_vs_schedule "Not scheduling FTPDATA")
             add("add rule " table " s_" s " " p " sport 20 accept")
@@ -123,7 +123,7 @@ render() {
 }
 
 apply() {
-    : "${LVSCONF_SCRATCH:?}" "${LVSCONF_CLIENT_IF:?}" "${LVSCONF_BRIDGE:?}"
+    : "${LVSCONF_SCRATCH:?}" "${LVSCONF_CLIENT_IF:?}" "${LVSCONF_SEGMENT_IF:?}"
     parse > "$LVSCONF_SCRATCH/nftdr.index.new"
     render < "$LVSCONF_SCRATCH/nftdr.index.new" > "$LVSCONF_SCRATCH/nftdr.nft"
     nft -f "$LVSCONF_SCRATCH/nftdr.nft" 2> "$LVSCONF_SCRATCH/nft.err" ||

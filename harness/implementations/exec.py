@@ -276,7 +276,8 @@ def environment(net: Net, scratch: Path, manifest: Manifest) -> dict[str, str]:
         LVSCONF_MANIFEST_DIR=str(manifest.root),
         LVSCONF_FAMILIES=" ".join(f.label for f in fams),
         LVSCONF_CLIENT_IF=net.director_client_if,
-        LVSCONF_BRIDGE=net.director_bridge,
+        LVSCONF_SEGMENT_IF=net.director_segment_if,
+        LVSCONF_BRIDGE=net.director_segment_if,  # its older name, kept for existing programs
         LVSCONF_DIRECTOR_MAC=net.director_mac(),
         LVSCONF_VIPS=" ".join(str(v) for f in fams for v in net.vips(f)),
         LVSCONF_RIPS=" ".join(str(r) for r in rips),

@@ -22,9 +22,10 @@ Mapping (what nftlb can express of an IPVS service):
 * rr -> ``rr`` (weights 1), wrr -> ``rr`` with weights (see SCHEDULERS); dests -> backends
   in IPVS list order (newest first), ``state up``, weight 0 -> ``state down``.
 * NAT -> mode ``dnat`` (backend ``port`` = dest port); DR -> mode ``dsr`` (netdev ingress on the
-  client link, destination MAC rewritten to the real server's, forwarded to the bridge). nftlb
-  picks that ingress device by routing the VIP, and the topology's VIPs are local on lo, so farm
-  changes are posted with the VIPs briefly routed out of the client link (vips_routed_out).
+  client link, destination MAC rewritten to the real server's, forwarded out of the segment
+  link). nftlb picks that ingress device by routing the VIP, and the topology's VIPs are local on
+  lo, so farm changes are posted with the VIPs briefly routed out of the client link
+  (vips_routed_out).
 
 nftlb exposes sessions, not IPVS templates (no per-connection state, TTL refreshed by every
 packet: src/nft.c ``ct mark != 0 update @persist-<farm>``), so the manifest has no templates
@@ -93,11 +94,11 @@ class Links:
     """The director's link facts a DSR farm needs (read from the topology at install)."""
 
     def __init__(
-        self, client_if: str, bridge: str, bridge_mac: str, rs_macs: Mapping[IPAddress, str]
+        self, client_if: str, segment_if: str, director_mac: str, rs_macs: Mapping[IPAddress, str]
     ) -> None:
         self.client_if = client_if
-        self.bridge = bridge
-        self.bridge_mac = bridge_mac
+        self.segment_if = segment_if
+        self.director_mac = director_mac
         self.rs_macs = dict(rs_macs)
 
     @classmethod
@@ -106,7 +107,7 @@ class Links:
         pairs = (item.split("=", 1) for item in env["LVSCONF_RS_MACS"].split())
         macs = {ipaddress.ip_address(rip): mac for rip, mac in pairs}
         return cls(
-            env["LVSCONF_CLIENT_IF"], env["LVSCONF_BRIDGE"], env["LVSCONF_DIRECTOR_MAC"], macs
+            env["LVSCONF_CLIENT_IF"], env["LVSCONF_SEGMENT_IF"], env["LVSCONF_DIRECTOR_MAC"], macs
         )
 
 
@@ -164,7 +165,7 @@ def farm_json(
         farm["persist-ttl"] = str(service.timeout)
     if fwd is Fwd.DR:
         farm.update(
-            {"iface": links.client_if, "oface": links.bridge, "ether-addr": links.bridge_mac}
+            {"iface": links.client_if, "oface": links.segment_if, "ether-addr": links.director_mac}
         )
     # last: nftlb applies keys in document order, and a dsr backend validated before the
     # farm's oface/ether-addr are known stays in state config_error (never scheduled)

@@ -119,7 +119,7 @@ class ReferenceDatapath:
         return DatapathConfig(
             scenario=scenario,
             client_if=net.director_client_if,
-            bridge=net.director_bridge,
+            segment_if=net.director_segment_if,
             rs_macs={addresses.rip(f, i): net.rs_mac(i) for f in fams for i in range(n)},
             client_nets=tuple(addresses.CLIENT_POOL[f] for f in fams),
             rs_nets=tuple(

@@ -27,7 +27,7 @@ class DatapathConfig:
     """Everything the process needs.
 
     ``client_if``: the director's link towards the clients (packets to the VIPs arrive there);
-    ``bridge``: the director's device on the real-server segment (DR frames leave there, NAT
+    ``segment_if``: the director's link to the real-server segment (DR frames leave there, NAT
     replies arrive there); ``rs_macs``: RIP -> MAC for DR framing; ``client_nets``: where
     clients live (NAT replies towards them are intercepted); ``rs_nets``: where real servers
     live (only replies *from* there are intercepted, so DR/TUN replies, whose source is the VIP,
@@ -37,7 +37,7 @@ class DatapathConfig:
 
     scenario: Scenario
     client_if: str
-    bridge: str
+    segment_if: str
     rs_macs: dict[IPAddress, str] = field(default_factory=dict)
     client_nets: tuple[IPNetwork, ...] = ()
     rs_nets: tuple[IPNetwork, ...] = ()
@@ -91,7 +91,7 @@ class DatapathConfig:
             raise ConfigError(f"datapath config {path}: {exc}") from None
         if not isinstance(config.scenario, Scenario):
             raise ConfigError(f"datapath config {path}: 'scenario' must be a Scenario")
-        for name in ("client_if", "bridge", "tun_name"):
+        for name in ("client_if", "segment_if", "tun_name"):
             value = getattr(config, name)
             if not isinstance(value, str) or not 0 < len(value) <= 15:
                 raise ConfigError(

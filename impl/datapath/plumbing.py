@@ -2,10 +2,10 @@
 
 Picture (director namespace; ``T`` = config.table)::
 
-    client ─client_if─> pref 100: iif client_if, to <VIP|fwmark net>    lookup T ─> TUN ─> process
-    rs ─────bridge────> pref 100: iif bridge, from <rs net> to <client> lookup T ─> TUN ─> process
-                        pref 200: lookup local   (moved from pref 0, so the rules above win)
-                        table T: default dev TUN (v4 and v6)
+    client ─client_if──> pref 100: iif client_if, to <VIP|fwmark net>  lookup T ─> TUN ─> process
+    rs ───segment_if───> pref 100: iif segment_if, from <rs net> to <client>  lookup T ─> (same)
+                         pref 200: lookup local   (moved from pref 0, so the rules above win)
+                         table T: default dev TUN (v4 and v6)
 
 The VIPs stay local addresses: a packet the process writes back into the TUN arrives with
 iif TUN, matches no pref-100 rule, and reaches the local table at pref 200, i.e. the director's
@@ -87,7 +87,7 @@ def installed(ipr: IPRoute, config: DatapathConfig, tun_index: int) -> Iterator[
                     priority=config.pref,
                     table=config.table,
                     family=_family(rs_net),
-                    iifname=config.bridge,
+                    iifname=config.segment_if,
                     **_net_kwargs("src", rs_net),
                     **_net_kwargs("dst", client_net),
                 )

@@ -104,7 +104,7 @@ class Datapath:
             ipr = IPRoute()
             stack.callback(ipr.close)
             index = ipr.link_lookup(ifname=config.tun_name)[0]
-            for field_name in ("client_if", "bridge"):
+            for field_name in ("client_if", "segment_if"):
                 ifname = getattr(config, field_name)
                 if not ipr.link_lookup(ifname=ifname):
                     raise ConfigError(
@@ -113,7 +113,7 @@ class Datapath:
                     )
             _tell_local_addresses(self.model, ipr)
             stack.enter_context(plumbing.installed(ipr, config, index))
-            wire = Senders(tun_fd, config.bridge, config.rs_macs)
+            wire = Senders(tun_fd, config.segment_if, config.rs_macs)
             stack.callback(wire.close)
             self.engine = engine = Engine(
                 self.model,

@@ -77,7 +77,7 @@ def test_config_round_trip_and_targets(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("not json", "is not JSON"),
-        ('{"scenario": 1, "client_if": "a", "bridge": "b"}', "'scenario' must be a Scenario"),
+        ('{"scenario": 1, "client_if": "a", "segment_if": "b"}', "'scenario' must be a Scenario"),
         ('{"client_if": "a"}', "missing"),
     ],
 )

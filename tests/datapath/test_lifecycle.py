@@ -133,7 +133,7 @@ def test_bad_config_fails_fast_with_one_line(net: Net) -> None:
     config = ReferenceDatapath().config(net, persistent(IPV4, Fwd.DR))
     from dataclasses import replace
 
-    bad = replace(config, bridge="nosuchdev0")
+    bad = replace(config, segment_if="nosuchdev0")
     with pytest.raises(DatapathStartError, match="nosuchdev0"), start(net.director.netns, bad):
         pass
     assert leftovers(net.director.netns, config) == []

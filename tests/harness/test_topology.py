@@ -94,13 +94,13 @@ def test_universal_real_server_configuration(net: Net) -> None:
     assert net.director.read_sysctl("net/ipv4/ip_forward") == "1"
     assert net.director.read_sysctl("net/ipv6/conf/all/forwarding") == "1"
     with net.director.ipr() as ipr:
-        br = ipr.link("get", index=net.director.ifindex(net.director_bridge))[0]
-        assert br.get_attr("IFLA_ADDRESS") == net.director_mac()
+        seg = ipr.link("get", index=net.director.ifindex(net.director_segment_if))[0]
+        assert seg.get_attr("IFLA_ADDRESS") == net.director_mac()
     assert len(net.vips(IPV4)) == addresses.VIPS and net.vips(IPV6)[0] == addresses.vip(IPV6)
 
 
 def _neighbour_reply(net: Net, family: Family, target: IPAddress) -> bool:
-    """Ask on the director's bridge who has ``target`` (ARP / NDP NS) from the DIP; True when
+    """Ask on the director's segment link who has ``target`` (ARP / NDP NS) from the DIP; True when
     any real server answers within 0.5 s."""
     from scapy.layers.inet6 import ICMPv6ND_NA, ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
     from scapy.layers.l2 import ARP, Ether
@@ -122,7 +122,7 @@ def _neighbour_reply(net: Net, family: Family, target: IPAddress) -> bool:
             / ICMPv6NDOptSrcLLAddr(lladdr=mac)
         )
     with net.director.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as s:
-        s.bind((net.director_bridge, 0))
+        s.bind((net.director_segment_if, 0))
         s.send(bytes(frame))
         deadline = time.monotonic() + 0.5  # waiting for *no* answer: a bounded window
         while (left := deadline - time.monotonic()) > 0:
@@ -186,7 +186,9 @@ def test_build_time_and_teardown_leaves_nothing(lvs_run: runs.Run) -> None:
         took = time.monotonic() - t0
         names = [n.netns for n in net.nodes]
         assert all(n in runs.list_netns() for n in names)
-        links = [net.client_if] + [n for r in net.real_servers for n in (r.ifname, r.director_port)]
+        links = [net.client_if, net.director_segment_if, net.switch_director_port] + [
+            n for r in net.real_servers for n in (r.ifname, r.switch_port)
+        ]
         assert all(len(n) <= 15 for n in names + links)
         assert all(n.startswith(lvs_run.prefix) for n in names)
     assert not set(names) & set(runs.list_netns())

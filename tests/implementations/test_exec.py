@@ -204,7 +204,7 @@ SIGNAL_LB = """#!/bin/sh
 # a daemon that "applies" on SIGHUP by copying the rules and confirming the generation
 gen() { sed -n "s/# lvsconf generation //p" "$LVSCONF_RULES"; }
 trap 'cp "$LVSCONF_RULES" "$LVSCONF_SCRATCH/seen.$(gen)"; gen > "$LVSCONF_APPLIED"' HUP
-echo "$LVSCONF_CLIENT_IF $LVSCONF_BRIDGE" > "$LVSCONF_SCRATCH/env"
+echo "$LVSCONF_CLIENT_IF $LVSCONF_SEGMENT_IF $LVSCONF_BRIDGE" > "$LVSCONF_SCRATCH/env"
 touch "$LVSCONF_SCRATCH/up"
 while :; do sleep 0.05; done
 """
@@ -230,12 +230,13 @@ def test_signal_mode_program_runs_in_the_director_and_sees_every_edit(
         handle.add_dest(KEY, Dest(addresses.rip(IPV4, 2), weight=3))
         handle.del_dest(KEY, addresses.rip(IPV4, 0), 0)
         seen = {p.name: p.read_text() for p in scratch.glob("seen.*")}
-        client_if, bridge = (scratch / "env").read_text().split()
+        client_if, segment_if, bridge = (scratch / "env").read_text().split()
         assert handle.templates() is None  # no templates command: no table
     assert sorted(seen) == ["seen.1", "seen.2", "seen.3"]
     assert "-r 198.18.10.13:0 -g -w 3" in seen["seen.2"]
     assert "198.18.10.11" not in seen["seen.3"] and "198.18.10.11" in seen["seen.2"]
-    assert (client_if, bridge) == (net.director_client_if, net.director_bridge)
+    assert (client_if, segment_if) == (net.director_client_if, net.director_segment_if)
+    assert bridge == segment_if  # the older name of the same link
     assert runs.proc_start_time(pid) is None  # stopped with the case
     record = json.loads(net.run.record.read_text())
     assert pid not in [c["pid"] for c in record["children"]]

@@ -111,7 +111,7 @@ def test_dnat_flows_arrive_at_the_rewritten_destination(fresh_net: Net) -> None:
 
 class IpipRelay:
     """A stand-in TUN director: frames for the VIPs arriving from the client are wrapped in
-    IPIP (IPv4) or IPv6-in-IPv6 by this thread and sent on the director's bridge to ``rs``.
+    IPIP (IPv4) or IPv6-in-IPv6 by this thread and sent on the director's segment link to ``rs``.
 
     The director's own stack drops them (nft), so only the tunnelled copy can be observed."""
 
@@ -121,7 +121,7 @@ class IpipRelay:
             net.director, net.director_client_if, bpf_program((6, 17, 132), (6, 17, 132)), None
         )
         self.out = net.director.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        self.out.bind((net.director_bridge, 0))
+        self.out.bind((net.director_segment_if, 0))
         self.eth = {
             fam: mac_bytes(net.rs_mac(rs))
             + mac_bytes(net.director_mac())
