@@ -8,6 +8,7 @@ vanish with it, and the host's own mounts are never touched.
 from __future__ import annotations
 
 import importlib.util
+import io
 import marshal
 import os
 import shutil
@@ -23,6 +24,14 @@ from harness.lanes import guest_python
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def open_tar(path: Path) -> tarfile.TarFile:
+    """A tar file as the guest gets it: zstd-compressed when the host has zstd."""
+    if path.suffix != ".zst":
+        return tarfile.open(path)
+    plain = subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
+    return tarfile.open(fileobj=io.BytesIO(plain))
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> guest_python.GuestPython:
     base = tmp_path_factory.mktemp("guest-python")
@@ -36,7 +45,7 @@ def test_the_runtime_is_cached_and_leaves_developer_tools_out(
     again, _ = guest_python.runtime_tar(prepared.runtime_tar.parent.parent)
     assert again == prepared.runtime_tar  # same environment: the same file,
     assert again.stat().st_mtime_ns == built  # not rebuilt
-    with tarfile.open(prepared.runtime_tar) as tar:
+    with open_tar(prepared.runtime_tar) as tar:
         names = tar.getnames()
     site = Path(importlib.util.find_spec("pytest").origin).parent.parent  # type: ignore[arg-type]
     assert f"{str(site).lstrip('/')}/pytest/__init__.py" in names
@@ -44,6 +53,18 @@ def test_the_runtime_is_cached_and_leaves_developer_tools_out(
     stdlib = Path(shutil.__file__).parent
     assert f"{str(stdlib).lstrip('/')}/shutil.py" in names
     assert not any(n.startswith(f"{str(stdlib).lstrip('/')}/test/") for n in names)
+    assert f"{str(stdlib).lstrip('/')}/unittest/case.py" in names
+    assert not any(n.startswith(f"{str(stdlib).lstrip('/')}/unittest/test/") for n in names)
+    assert not any("/_testcapi." in n for n in names)
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs zstd")
+def test_the_guest_gets_the_tar_files_compressed(prepared: guest_python.GuestPython) -> None:
+    """Compressed: the guest reads them over 9p, slower under TCG than decompressing."""
+    for built in (prepared.runtime_tar, prepared.project_tar):
+        assert built.name.endswith(".tar.zst")
+        assert not built.with_suffix("").exists()  # the plain tar is not kept
+    assert "tar -I zstd -xf" in prepared.guest_prelude()
 
 
 def test_project_bytecode_is_the_hosts_and_names_the_real_source(
@@ -51,7 +72,7 @@ def test_project_bytecode_is_the_hosts_and_names_the_real_source(
 ) -> None:
     source = ROOT / "harness" / "lanes" / "guest_python.py"
     pyc = Path(importlib.util.cache_from_source(str(source)))
-    with tarfile.open(prepared.project_tar) as tar:
+    with open_tar(prepared.project_tar) as tar:
         names = tar.getnames()
         data = tar.extractfile(str(pyc).lstrip("/")).read()  # type: ignore[union-attr]
     assert str(source).lstrip("/") in names
