@@ -5,8 +5,8 @@
 - :mod:`harness.traffic.engine` — ``run(net, flows, mode="ordered"|"batch") -> [FlowResult]``;
 - :mod:`harness.traffic.servers` — name servers in the real servers, for real connections.
 
-Importing this package does not import scapy (it is slow to import in the VM lane); building
-the first packet does.
+Neither importing this package nor building packets imports scapy (it is slow to import in the
+VM lane); only TUN encapsulation and the scapy reference builder do.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Every packet the traffic engine sends, and the parsing of every packet it observes.
 
-Building uses scapy (layers and checksums done by scapy), once per flow, before anything is
-sent. Parsing is the hot path (thousands of frames per second, ~20x slower inside the kernel VM
-lane), so it reads fixed header offsets with ``struct``; the tests check the parser against
-scapy-built packets.
+Building packs headers with ``struct`` once per flow, before anything is sent; the tests check
+every kind of packet against scapy's own layers (:func:`build_ip_scapy`). Parsing is the hot
+path (thousands of frames per second, ~20x slower inside the kernel VM lane), so it reads fixed
+header offsets with ``struct``; the tests check the parser against scapy-built packets.
 
 Each flow carries a :class:`Stamp`: per-flow values written into the packet so an observation
 can be matched to exactly one flow even when two flows share (proto, saddr, sport), e.g. a SYN
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple
 
 from harness.addresses import CLIENT_POOL
+from impl.datapath.checksum import crc32c, inet_checksum, pseudo_header
 from impl.types import Family, Flow, Proto
 
 ETH_P_IP: Final = 0x0800
@@ -207,31 +208,23 @@ _pack_sctp = struct.Struct("!HHII").pack
 _pack_echo = struct.Struct("!BBHHH").pack
 
 
-def _payload_checksum(
-    family: Family, saddr: bytes, daddr: bytes, proto: int, segment: bytes
-) -> int:
-    """TCP/UDP checksum with the pseudo-header (RFC 9293 3.1, RFC 8200 8.1), by scapy."""
-    from scapy.utils import checksum
-
-    if family is Family.IPV4:
-        pseudo = saddr + daddr + struct.pack("!BBH", 0, proto, len(segment))
-    else:
-        pseudo = saddr + daddr + struct.pack("!I3xB", len(segment), proto)
-    return checksum(pseudo + segment)
+def _payload_checksum(saddr: bytes, daddr: bytes, proto: int, segment: bytes) -> int:
+    """TCP/UDP/ICMPv6 checksum with the pseudo-header (RFC 9293 3.1, RFC 8200 8.1)."""
+    return inet_checksum(pseudo_header(saddr, daddr, proto, len(segment)) + segment)
 
 
 def build_ip(
     flow: Flow, stamp: Stamp, *, checked: bool = False, allow_ftpdata: bool = False
 ) -> bytes:
     """The IP packet for ``flow``: the same bytes as :func:`build_ip_scapy` (same fields, same
-    defaults; checksums by scapy's own checksum functions) at a fraction of the cost.
+    defaults) at a fraction of the cost.
 
     Why not scapy layers per flow: they cost ~0.5-2 ms per packet on the host and ~20x that in
     the kernel VM lane, more than the whole send-and-observe loop; headers here are packed
-    with ``struct`` and only the checksums go through scapy.
+    with ``struct``. The checksums are :mod:`impl.datapath.checksum`'s, not scapy's: importing
+    scapy costs a guest worker ~2 s of CPU under TCG, at its first case. They stay checked
+    against scapy, which computes its own in :func:`build_ip_scapy` (the tests compare bytes).
     """
-    from scapy.utils import checksum
-
     if not checked:  # the engine validates a whole run up front
         check_flow(flow, allow_ftpdata=allow_ftpdata)
         check_stamp(flow, stamp)
@@ -248,7 +241,7 @@ def build_ip(
             + data
         )
         # ICMP sums the message alone (RFC 792), ICMPv6 adds the pseudo-header (RFC 4443 2.3)
-        ck = checksum(msg) if v4 else _payload_checksum(flow.family, saddr, daddr, proto, msg)
+        ck = inet_checksum(msg) if v4 else _payload_checksum(saddr, daddr, proto, msg)
         l4 = msg[:2] + struct.pack("!H", ck) + msg[4:]
     elif flow.proto is Proto.TCP:
         flags = _TCP_KINDS[kind]
@@ -256,12 +249,12 @@ def build_ip(
         data = flow.payload or (DEFAULT_DATA if kind == "data" else b"")
         ack = stamp.ack if "A" in flags else 0
         head = _pack_tcp(flow.sport, flow.dport, stamp.seq, ack, 5 << 4, bits, 65535, 0, 0)
-        ck = _payload_checksum(flow.family, saddr, daddr, proto, head + data)
+        ck = _payload_checksum(saddr, daddr, proto, head + data)
         l4 = head[:16] + struct.pack("!H", ck) + head[18:] + data
     elif flow.proto is Proto.UDP:
         length = 8 + len(flow.payload)
         seg = _pack_udp(flow.sport, flow.dport, length, 0) + flow.payload
-        ck = _payload_checksum(flow.family, saddr, daddr, proto, seg)
+        ck = _payload_checksum(saddr, daddr, proto, seg)
         # a computed 0 is sent as 0xFFFF (0 means "no checksum", RFC 768)
         l4 = seg[:6] + struct.pack("!H", ck or 0xFFFF) + seg[8:]
     else:
@@ -277,13 +270,10 @@ def build_ip(
             chunk = struct.pack("!BBHIHHI", 0, 0, 16 + len(data), stamp.vtag, 0, 0, 0) + data
             chunk += b"\0" * (-len(chunk) % 4)
         seg = _pack_sctp(flow.sport, flow.dport, vtag, 0) + chunk
-        from scapy.layers.sctp import crc32c  # only SCTP pays for importing the SCTP layers
-
-        crc = int(crc32c(seg))  # type: ignore[no-untyped-call]
-        l4 = seg[:8] + struct.pack(">I", crc) + seg[12:]
+        l4 = seg[:8] + struct.pack("<I", crc32c(seg)) + seg[12:]  # stored little-endian
     if flow.family is Family.IPV4:
         head = _pack_ip4(0x45, 0, 20 + len(l4), stamp.iptag, 0, 64, proto, 0, saddr, daddr)
-        return head[:10] + struct.pack("!H", checksum(head)) + head[12:] + l4
+        return head[:10] + struct.pack("!H", inet_checksum(head)) + head[12:] + l4
     return _pack_ip6((6 << 28) | stamp.iptag, len(l4), proto, 64, saddr, daddr) + l4
 
 
