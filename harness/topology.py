@@ -43,7 +43,6 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -52,7 +51,6 @@ from harness import addresses, rtnl_batch, runs
 from harness.features import KernelFeatures, probe
 from impl.types import IPV4, IPV6, Family, Fwd, IPAddress
 
-IFA_F_NODAD = rtnl_batch.IFA_F_NODAD
 IFA_F_TENTATIVE = 0x40
 RT_TABLE_LOCAL = 255
 MAX_REAL_SERVERS = 99
@@ -301,13 +299,6 @@ def _prefixed(ifaddr: IPAddress) -> int:
     return 32 if ifaddr.version == 4 else 128
 
 
-def _addr(ipr: IPRoute, index: int, address: IPAddress, prefixlen: int) -> None:
-    kwargs: dict[str, Any] = {"index": index, "address": str(address), "prefixlen": prefixlen}
-    if address.version == 6:
-        kwargs["flags"] = IFA_F_NODAD  # usable at once; DAD would also fail for the VIPs on lo
-    ipr.addr("add", **kwargs)
-
-
 def _base_sysctls(node: Node) -> None:
     # before any link exists, so every link created later inherits "default"
     values: dict[str, str | int] = {}
@@ -341,13 +332,20 @@ def _configure_client(net: Net) -> None:
 
 def _configure_rs(net: Net, rs: RealServer) -> None:
     node = rs.node
+    arp: dict[str, str | int] = {}
     for conf in ("all", "default", "lo"):
-        node.sysctl(f"net/ipv4/conf/{conf}/arp_ignore", 1)
-        node.sysctl(f"net/ipv4/conf/{conf}/arp_announce", 2)
+        arp[f"net/ipv4/conf/{conf}/arp_ignore"] = 1
+        arp[f"net/ipv4/conf/{conf}/arp_announce"] = 2
+    node.sysctls(arp)
+    rtnl_batch.send(
+        node.rtnl(),
+        [
+            rtnl_batch.address(1, vip, _prefixed(vip))
+            for f in net.topology.families
+            for vip in net.vips(f)
+        ],
+    )
     with node.ipr() as ipr:
-        for fam in net.topology.families:
-            for vip in net.vips(fam):
-                _addr(ipr, 1, vip, _prefixed(vip))
         # TUN: the fallback devices receive IPIP / IPv6-in-IPv6 to the RIP; the inner
         # packet's destination (a VIP on lo) is local, which is all decapsulation needs
         up: set[Family] = set()
