@@ -150,7 +150,10 @@ def test_guest_pytest_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(LaneError, match="not a positive integer"):
         pytest_lane.guest_pytest_args(config, tmp_path / "ids", tmp_path / "r.jsonl")  # type: ignore[arg-type]
     cmd = pytest_lane.guest_command("/v/bin/python", ["-k", "a b"])
-    assert cmd == "modprobe ip_vs; exec /v/bin/python -m pytest -k 'a b'"
+    assert cmd == (
+        "modprobe -q -a ip_vs veth bridge ipip ip6_tunnel sctp nf_tables tun; "
+        "exec /v/bin/python -m pytest -k 'a b'"
+    )
 
 
 # ---------------------------------------------------------------- result merging
