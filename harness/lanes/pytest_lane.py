@@ -37,6 +37,7 @@ import pytest
 
 from harness import runs, settings
 from harness.lanes import debian, guest_python, provision, vm
+from harness.lanes import guest_workers as guest_workers_module
 from harness.lanes.guest_records import (
     GuestRecorder,
     failed_records,
@@ -61,7 +62,12 @@ def guest_pytest_args(config: pytest.Config, nodeids_file: Path, results: Path) 
     # cases wait on kernel timers, so the waits overlap (docs/architecture.md §6, item 10).
     workers = guest_workers()
     args = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest"]
-    args += ["-n", str(workers), "--dist", "worksteal"] if workers > 1 else ["-p", "no:xdist"]
+    if workers > 1:
+        # each worker forked from the guest's zygote (harness/lanes/guest_workers.py)
+        stub = f"{sys.executable} -S {guest_workers_module.STUB}"
+        args += ["--tx", f"{workers}*popen//python={stub}", "--dist", "worksteal"]
+    else:
+        args += ["-p", "no:xdist"]
     args += [
         "-p",
         "harness.lanes.pytest_lane",
@@ -101,12 +107,27 @@ def guest_workers() -> int:
 GUEST_MODULES = ("ip_vs", "veth", "bridge", "ipip", "ip6_tunnel", "sctp", "nf_tables", "tun")
 
 
+#: where the guest's zygote listens (a tmpfs of the guest; harness/lanes/guest_workers.py)
+GUEST_ZYGOTE = "/run/lvsconf-zygote.sock"
+
+
 def guest_command(python: str, pytest_args: list[str], prelude: str = "") -> str:
     """The guest's shell command: ``prelude`` (the guest Python in memory,
-    :mod:`harness.lanes.guest_python`), load :data:`GUEST_MODULES`, then pytest."""
+    :mod:`harness.lanes.guest_python`), load :data:`GUEST_MODULES`, start the zygote the
+    workers are forked from (when there are workers), then pytest."""
     argv = " ".join(shlex.quote(a) for a in [python, "-m", "pytest", *pytest_args])
     modules = " ".join(GUEST_MODULES)
-    return f"{prelude + '; ' if prelude else ''}modprobe -q -a {modules}; exec {argv}"
+    steps = [prelude] if prelude else []
+    steps.append(f"modprobe -q -a {modules}")
+    if "--tx" in pytest_args:
+        zygote = shlex.quote(GUEST_ZYGOTE)
+        steps.append(f"export {guest_workers_module.SOCKET_ENV}={zygote}")
+        # by path, not -m: importing the project's packages here would keep pytest from
+        # rewriting them in the workers; -P: nor is the script's directory put on sys.path
+        script = shlex.quote(str(Path(guest_workers_module.__file__)))
+        steps.append(f"{{ {shlex.quote(python)} -P {script} {zygote} & }}")
+    steps.append(f"exec {argv}")
+    return "; ".join(steps)
 
 
 class GuestEcho:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from harness.lanes import guest_records, provision, pytest_lane, vm
+from harness.lanes import guest_records, guest_workers, provision, pytest_lane, vm
 from harness.lanes.provision import LaneError
 
 pytest_plugins = ["pytester"]
@@ -140,12 +141,14 @@ def test_guest_pytest_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert args[args.index("--impl") + 1] == "kernel"
     assert args[args.index("--timeout") + 1] == "600.0"
     assert "no:cacheprovider" in args and args[-1] == f"@{tmp_path / 'ids'}"
-    # four workers by default, spread by worksteal; one worker: no xdist at all
-    assert args[args.index("-n") + 1] == "4" and "no:xdist" not in args
+    # four workers by default, each started through the zygote's stub, spread by worksteal;
+    # one worker: no xdist at all
+    stub = f"{sys.executable} -S {guest_workers.STUB}"
+    assert args[args.index("--tx") + 1] == f"4*popen//python={stub}" and "no:xdist" not in args
     assert args[args.index("--dist") + 1] == "worksteal"
     monkeypatch.setenv("LVSCONF_GUEST_WORKERS", "1")
     args = pytest_lane.guest_pytest_args(config, tmp_path / "ids", tmp_path / "r.jsonl")  # type: ignore[arg-type]
-    assert "no:xdist" in args and "-n" not in args
+    assert "no:xdist" in args and "--tx" not in args and "-n" not in args
     monkeypatch.setenv("LVSCONF_GUEST_WORKERS", "two")
     with pytest.raises(LaneError, match="not a positive integer"):
         pytest_lane.guest_pytest_args(config, tmp_path / "ids", tmp_path / "r.jsonl")  # type: ignore[arg-type]
@@ -154,6 +157,10 @@ def test_guest_pytest_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         "modprobe -q -a ip_vs veth bridge ipip ip6_tunnel sctp nf_tables tun; "
         "exec /v/bin/python -m pytest -k 'a b'"
     )
+    # with workers: the zygote starts in the background first, its socket in the environment
+    cmd = pytest_lane.guest_command("/v/bin/python", ["--tx", "2*popen"])
+    zygote = f"{{ /v/bin/python -P {guest_workers.__file__} /run/lvsconf-zygote.sock & }}"
+    assert "; export LVSCONF_GUEST_ZYGOTE=/run/lvsconf-zygote.sock; " + zygote + "; exec " in cmd
 
 
 # ---------------------------------------------------------------- result merging
