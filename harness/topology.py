@@ -15,7 +15,9 @@ is a router with two links, one to the client and one (its *segment link*, ``<p>
 switch. Only the director is renewed before each case, so a renewal makes two veth pairs and
 nothing else; the real servers' links, addresses and the bridge stay up. (A bridge inside the
 director, as before, was rebuilt every renewal, and a new bridge's carrier reaches the
-kernel's linkwatch as a non-urgent event: up to 1 s late, measured 0.4 s in a TCG guest.)
+kernel's linkwatch as a non-urgent event, handled at most once a second (net/core/link_watch.c,
+``linkwatch_urgent_event``; a veth is urgent): measured up to 0.42 s in a TCG guest. The wait
+is needed, since the qdisc is activated only then: ``dev_activate``, net/sched/sch_generic.c.)
 
 Addresses (see :mod:`harness.addresses`): client link 198.18.0.2/24, 2001:db8::2/64; CDIP
 198.18.0.1, 2001:db8::1; CIP pool 198.18.16.0/20, 2001:db8:c0::/48 as a ``local`` route on the
