@@ -15,7 +15,8 @@ plugin's modules (this project's, pytest-xdist's) at import, so those are import
 worker itself, through pytest. When the zygote is not there (not started yet, failed), the stub
 execs the interpreter instead: slower, the same worker.
 
-This runs only in a guest, which is gone when its script ends: a worker outlives neither.
+This runs in a guest, which is gone when its script ends. The zygote also exits when its parent
+does (within :data:`PARENT_CHECK`), so nothing of it outlives a test that starts one on a host.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ PRELOAD = (
 #: the stub xdist runs as each worker's python (see the module docstring)
 STUB = Path(__file__).with_name("guest_worker_stub.py")
 SOCKET_ENV = "LVSCONF_GUEST_ZYGOTE"
+#: seconds between the zygote's checks that its parent still runs (it must not outlive it)
+PARENT_CHECK = 0.5
 
 
 def serve(path: str) -> None:
@@ -59,8 +62,16 @@ def serve(path: str) -> None:
     server.listen(16)
     os.rename(partial, path)  # the stubs connect only once the imports are done
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the workers
+    parent = os.getppid()
+    server.settimeout(PARENT_CHECK)
     while True:
-        conn, _ = server.accept()
+        try:
+            conn, _ = server.accept()
+        except TimeoutError:
+            if os.getppid() != parent:
+                return  # whoever started it (the guest's pytest) is gone: so is the zygote
+            continue
+        conn.setblocking(True)
         request, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
         if os.fork() == 0:
             server.close()

@@ -3,7 +3,9 @@ it run tests as exec'd ones do, and without it the stub execs the interpreter.""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -92,3 +94,38 @@ def test_a_forked_worker_exits_as_python_c_would(zygote: Path, code: str, status
     assert out.stdout == "hi\n"
     assert out.returncode == status, out.stderr
     assert ("ZeroDivisionError" in out.stderr) == (status == 1)
+
+
+def test_the_zygote_exits_with_its_parent(tmp_path: Path) -> None:
+    """A SIGKILLed parent (a killed test worker, say) leaves no zygote behind."""
+    sock = tmp_path / "z.sock"
+    starter = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-P', {guest_workers.__file__!r}, {str(sock)!r}]); "
+        "print(p.pid, flush=True); time.sleep(120)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists():
+            assert time.monotonic() < deadline, "no zygote socket within 60 s"
+            time.sleep(0.05)  # polling interval of a bounded wait
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and _state(pid) != "Z":
+            assert time.monotonic() < deadline, "the zygote outlived its parent by 10 s"
+            time.sleep(0.05)  # polling interval of a bounded wait
+    finally:
+        parent.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "gone"
