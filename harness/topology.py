@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
@@ -404,29 +404,48 @@ def _build_switch(net: Net) -> None:
     )
 
 
-def _connect_rs(net: Net, rs: RealServer) -> None:
-    """The real server's link to the switch, configured once: address, default route via the
-    DIP, ARP settings of a DR real server."""
+def _plug_into_switch(
+    net: Net, port: str, port_mac: str, peer: Node, ifname: str, mac: str
+) -> None:
+    """A veth whose end ``port`` is a port of the switch's bridge, enslaved and up as it is
+    created (rtnl_newlink sets IFLA_MASTER and the flags), and whose other end is ``ifname``
+    in ``peer``."""
     sw = net.switch.rtnl()
     sw.link(
         "add",
-        ifname=rs.switch_port,
+        ifname=port,
         kind="veth",
-        address=_mac(4, rs.index + 1, 0),
+        address=port_mac,
         master=sw.link_lookup(ifname=net.switch_bridge)[0],
         state="up",
-        peer={"ifname": rs.ifname, "net_ns_fd": rs.node.netns, "address": rs.mac},
+        peer={"ifname": ifname, "net_ns_fd": peer.netns, "address": mac},
     )
-    fams = net.topology.families
-    ipr = rs.node.rtnl()
-    ri = ipr.link_lookup(ifname=rs.ifname)[0]
-    requests: list[rtnl_batch.Request] = [
-        rtnl_batch.address(ri, addresses.rip(fam, rs.index), addresses.RS_PREFIX[fam])
-        for fam in fams
-    ]
-    requests.append(rtnl_batch.link_up(ri))
-    requests += [rtnl_batch.route(None, addresses.DIP[fam], ri) for fam in fams]
+
+
+def _configure_end(
+    node: Node, ifname: str, addrs: Iterable[tuple[IPAddress, int]], gateways: Iterable[IPAddress]
+) -> None:
+    """The end ``ifname`` of a new link in ``node``, in one batch: its addresses, up, and a
+    default route via each of ``gateways``."""
+    ipr = node.rtnl()
+    index = ipr.link_lookup(ifname=ifname)[0]
+    requests: list[rtnl_batch.Request] = [rtnl_batch.address(index, a, p) for a, p in addrs]
+    requests.append(rtnl_batch.link_up(index))
+    requests += [rtnl_batch.route(None, gateway, index) for gateway in gateways]
     rtnl_batch.send(ipr, requests)
+
+
+def _connect_rs(net: Net, rs: RealServer) -> None:
+    """The real server's link to the switch, configured once: address, default route via the
+    DIP, ARP settings of a DR real server."""
+    _plug_into_switch(net, rs.switch_port, _mac(4, rs.index + 1, 0), rs.node, rs.ifname, rs.mac)
+    fams = net.topology.families
+    _configure_end(
+        rs.node,
+        rs.ifname,
+        [(addresses.rip(fam, rs.index), addresses.RS_PREFIX[fam]) for fam in fams],
+        [addresses.DIP[fam] for fam in fams],
+    )
     rs.node.sysctls(
         {
             f"net/ipv4/conf/{rs.ifname}/arp_ignore": 1,
@@ -465,21 +484,9 @@ def _build_director(net: Net) -> None:
             "address": net.client_mac(),
         },
     )
-    # segment link: created in the switch, enslaved and up at once (rtnl_newlink sets
-    # IFLA_MASTER and the flags), the peer in the director
-    sw = net.switch.rtnl()
-    sw.link(
-        "add",
-        ifname=net.switch_director_port,
-        kind="veth",
-        address=_mac(4, 0, 1),
-        master=sw.link_lookup(ifname=net.switch_bridge)[0],
-        state="up",
-        peer={
-            "ifname": net.director_segment_if,
-            "net_ns_fd": d.netns,
-            "address": net.director_mac(),
-        },
+    # segment link: created in the switch, the peer in the director
+    _plug_into_switch(
+        net, net.switch_director_port, _mac(4, 0, 1), d, net.director_segment_if, net.director_mac()
     )
     dci = dip.link_lookup(ifname=net.director_client_if)[0]
     seg = dip.link_lookup(ifname=net.director_segment_if)[0]
@@ -506,15 +513,12 @@ def _build_director(net: Net) -> None:
         link_sysctls[f"net/ipv4/conf/{ifname}/rp_filter"] = 0
     d.sysctls(link_sysctls)
     # the client's end of the new client link
-    ipr = net.client.rtnl()
-    ci = ipr.link_lookup(ifname=net.client_if)[0]
-    requests = [
-        rtnl_batch.address(ci, addresses.CLIENT_LINK_ADDR[fam], addresses.CLIENT_LINK_PREFIX[fam])
-        for fam in fams
-    ]
-    requests.append(rtnl_batch.link_up(ci))
-    requests += [rtnl_batch.route(None, addresses.CDIP[fam], ci) for fam in fams]
-    rtnl_batch.send(ipr, requests)
+    _configure_end(
+        net.client,
+        net.client_if,
+        [(addresses.CLIENT_LINK_ADDR[fam], addresses.CLIENT_LINK_PREFIX[fam]) for fam in fams],
+        [addresses.CDIP[fam] for fam in fams],
+    )
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,15 @@ def run_pytest(tmp_path: Path, zygote: Path) -> tuple[subprocess.CompletedProces
     return out, parents.read_text().splitlines() if parents.exists() else []
 
 
+def wait_for_socket(sock: Path, alive: Callable[[], bool]) -> None:
+    """Until the zygote's socket appears (once it has imported), at most 60 s."""
+    deadline = time.monotonic() + 60
+    while not sock.exists():
+        assert alive(), "the zygote exited"
+        assert time.monotonic() < deadline, "no zygote socket within 60 s"
+        time.sleep(0.05)  # polling interval of a bounded wait
+
+
 @pytest.fixture
 def zygote(tmp_path: Path) -> Iterator[Path]:
     """A zygote listening on a socket of ``tmp_path`` (killed afterwards); yields the socket."""
@@ -54,11 +63,7 @@ def zygote(tmp_path: Path) -> Iterator[Path]:
         [sys.executable, "-P", guest_workers.__file__, str(sock)], stdout=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + 60
-        while not sock.exists():  # the socket appears once the zygote has imported
-            assert proc.poll() is None, "the zygote exited"
-            assert time.monotonic() < deadline, "no zygote socket within 60 s"
-            time.sleep(0.05)  # polling interval of a bounded wait
+        wait_for_socket(sock, lambda: proc.poll() is None)
         yield sock
     finally:
         proc.kill()
@@ -108,10 +113,7 @@ def test_the_zygote_exits_with_its_parent(tmp_path: Path) -> None:
     assert parent.stdout is not None
     pid = int(parent.stdout.readline())
     try:
-        deadline = time.monotonic() + 60
-        while not sock.exists():
-            assert time.monotonic() < deadline, "no zygote socket within 60 s"
-            time.sleep(0.05)  # polling interval of a bounded wait
+        wait_for_socket(sock, lambda: _state(pid) not in ("gone", "Z"))
         parent.kill()
         parent.wait()
         deadline = time.monotonic() + 10
